@@ -1,0 +1,59 @@
+"""Reuse a trained encoder: ``load_encoder(path)`` -> images to keypoints, no Hydra needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from dsae.checkpoint import load_checkpoint
+from dsae.config import from_dict
+from dsae.device import resolve_device
+from dsae.model import DeepSpatialAutoencoder, Encoder, to_float_images
+
+
+class KeypointEncoder(nn.Module):
+    """A trained DSAE encoder: images -> keypoints (B, K, 2) in the DESIGN.md convention.
+
+    Accepts uint8 (B, H, W, 3) (as envs and datasets give them) or float (B, 3, H, W) in
+    [0, 1], at the training image size; inputs are moved to the encoder's device.
+    """
+
+    def __init__(self, encoder: Encoder, image_size: int):
+        super().__init__()
+        self.encoder = encoder
+        self.image_size = image_size
+        self.num_keypoints = encoder.softmax_channels
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, images: torch.Tensor, return_attention: bool = False):
+        images = torch.as_tensor(images).to(self.device)
+        h, w = (images.shape[1:3] if images.dtype == torch.uint8 else images.shape[2:4])
+        if (h, w) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"this encoder was trained on {self.image_size}x{self.image_size} images, got {h}x{w}; "
+                f"render at env.image_size={self.image_size} or resize first")
+        return self.encoder(to_float_images(images), return_attention=return_attention)
+
+
+def load_model(path: Path | str, device: Optional[str | torch.device] = None) -> tuple[DeepSpatialAutoencoder, dict]:
+    """The whole autoencoder from a checkpoint (a .pt file or a run folder), in eval mode."""
+    state = load_checkpoint(path)
+    cfg = from_dict(state["config"])
+    model = DeepSpatialAutoencoder(cfg.model, state["image_size"])
+    model.load_state_dict(state["model"])
+    return model.to(resolve_device(device)).eval(), state
+
+
+def load_encoder(path: Path | str, device: Optional[str | torch.device] = None) -> KeypointEncoder:
+    """The frozen encoder of a checkpoint; ``device=None`` picks cuda when present."""
+    model, state = load_model(path, device)
+    encoder = KeypointEncoder(model.encoder, state["image_size"]).eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder

@@ -1,0 +1,233 @@
+"""Data collection: an exploratory policy run in parallel envs, written as a dataset folder.
+
+``collect(env_cfg, data_cfg)`` runs ``data_cfg.episodes`` episodes over
+``data_cfg.workers`` processes (gymnasium's AsyncVectorEnv), a batch of one episode per
+worker at a time, and writes each episode plus an updated manifest after every batch. Run
+again with the same settings, it keeps the episodes already written and goes on from there.
+Episode i is reset with seed ``data_cfg.seed + i``, so a dataset does not depend on the
+number of workers or on where it was interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from dsae.config import DataConfig
+from dsae.data import (
+    FORMAT_VERSION,
+    DatasetError,
+    episode_name,
+    load_episode,
+    read_manifest,
+    save_episode,
+    sha256,
+    write_manifest,
+)
+from envs.core import EnvConfig
+
+POLICIES = ("pd", "random")
+
+
+class ExplorationPolicy:
+    """Covers the workspace: PD control of each joint towards a random target angle.
+
+    Targets are drawn uniformly over each joint's range and redrawn after a random hold of
+    ``hold`` steps; Gaussian noise is added to the action. With ``kind="random"`` actions
+    are uniform over the action box instead. Each env slot has its own random stream,
+    seeded per episode by ``reset(seeds)``. Batched: proprio (N, 2J) -> actions (N, A).
+    """
+
+    def __init__(self, joint_ranges: np.ndarray, low: np.ndarray, high: np.ndarray,
+                 kind: str = "pd", gain: float = 3.0, damping: float = 0.15,
+                 noise: float = 0.2, hold: tuple[int, int] = (4, 12)):
+        if kind not in POLICIES:
+            raise ValueError(f"data.policy must be one of {POLICIES}, got {kind!r}")
+        self.kind, self.ranges = kind, np.asarray(joint_ranges, dtype=np.float64)
+        self.low, self.high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+        self.gain, self.damping, self.noise, self.hold = gain, damping, noise, hold
+        self.rngs: list[np.random.Generator] = []
+
+    def reset(self, seeds: list[int]) -> None:
+        self.rngs = [np.random.default_rng([s, 0xD5AE]) for s in seeds]
+        self.targets = np.stack([self._target(r) for r in self.rngs])
+        self.timers = np.array([self._hold(r) for r in self.rngs])
+
+    def _target(self, rng: np.random.Generator) -> np.ndarray:
+        return rng.uniform(self.ranges[:, 0], self.ranges[:, 1])
+
+    def _hold(self, rng: np.random.Generator) -> int:
+        return int(rng.integers(self.hold[0], self.hold[1], endpoint=True))
+
+    def __call__(self, proprio: np.ndarray) -> np.ndarray:
+        if len(self.rngs) != proprio.shape[0]:
+            raise RuntimeError(f"policy reset for {len(self.rngs)} envs, called with {proprio.shape[0]}")
+        if self.kind == "random":
+            return np.stack([r.uniform(self.low, self.high) for r in self.rngs])
+        self.timers -= 1
+        for k in np.flatnonzero(self.timers <= 0):
+            self.targets[k] = self._target(self.rngs[k])
+            self.timers[k] = self._hold(self.rngs[k])
+        j = len(self.ranges)
+        angle, velocity = proprio[:, :j], proprio[:, j:]
+        error = np.angle(np.exp(1j * (self.targets - angle)))  # wrapped to (-pi, pi]
+        action = (self.gain * error - self.damping * velocity)[:, : len(self.low)]
+        action = action + self.noise * np.stack([r.standard_normal(len(self.low)) for r in self.rngs])
+        return np.clip(action, self.low, self.high)
+
+
+def dataset_settings(env_cfg: EnvConfig, data_cfg: DataConfig) -> dict:
+    """The settings that determine a dataset's content (not where it lives or how fast)."""
+    return {
+        "env": asdict(env_cfg),
+        "policy": data_cfg.policy,
+        "seed": data_cfg.seed,
+        "episodes": data_cfg.episodes,
+        "format": FORMAT_VERSION,
+    }
+
+
+def default_dataset_dir(env_cfg: EnvConfig, data_cfg: DataConfig, root: Path | str = "data") -> Path:
+    """``data/<env>-<size>px-<12 hex of the settings>``: new settings give a new folder."""
+    settings = dataset_settings(env_cfg, data_cfg)
+    settings.pop("episodes")  # more episodes extend the same dataset
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(root) / f"{env_cfg.name}-{env_cfg.image_size}px-{digest}"
+
+
+def _make_vector_env(env_cfg: EnvConfig, workers: int):
+    import gymnasium as gym
+
+    from envs import make_env
+
+    fns: list[Callable] = [lambda: make_env(env_cfg) for _ in range(workers)]
+    # Episodes have a fixed length and each batch is reset explicitly: no autoreset.
+    mode = gym.vector.AutoresetMode.DISABLED
+    if workers == 1:
+        return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+    # spawn, not fork: a forked child inherits the parent's OpenGL (EGL) state and hangs.
+    return gym.vector.AsyncVectorEnv(fns, shared_memory=False, context="spawn", autoreset_mode=mode)
+
+
+def _existing_episodes(root: Path, manifest: dict | None) -> dict[str, str]:
+    """Episode files already written and intact: those in the manifest whose checksum matches,
+    plus any written after the last manifest update that still load."""
+    files: dict[str, str] = {}
+    listed = manifest.get("files", {}) if manifest else {}
+    for path in sorted(root.glob("episode_*.npz")):
+        digest = sha256(path)
+        if listed.get(path.name) == digest:
+            files[path.name] = digest
+            continue
+        try:
+            load_episode(path)
+        except DatasetError:
+            path.unlink()  # a torn or corrupt file: collect it again
+            continue
+        files[path.name] = digest
+    return files
+
+
+def collect(env_cfg: EnvConfig, data_cfg: DataConfig, root: Path | str | None = None,
+            progress: bool = True) -> Path:
+    """Collect (or finish collecting) a dataset; returns its folder."""
+    from tqdm import tqdm
+
+    from envs import make_env
+
+    if data_cfg.episodes < 2:
+        raise ValueError(f"data.episodes must be >= 2 (train and held-out), got {data_cfg.episodes}")
+    if data_cfg.workers < 1:
+        raise ValueError(f"data.workers must be >= 1, got {data_cfg.workers}")
+    root = Path(root) if root is not None else (
+        Path(data_cfg.dir) if data_cfg.dir else default_dataset_dir(env_cfg, data_cfg))
+    settings = dataset_settings(env_cfg, data_cfg)
+    manifest = read_manifest(root)
+    if manifest is not None:
+        old = {k: v for k, v in manifest.get("settings", {}).items() if k != "episodes"}
+        new = {k: v for k, v in settings.items() if k != "episodes"}
+        if old != new:
+            raise DatasetError(
+                f"the dataset at {root} was collected with other settings; set data.dir to a new "
+                "folder (or leave it unset for an automatic one) rather than mixing them")
+        if manifest.get("complete") and manifest["episodes"] >= data_cfg.episodes:
+            return root
+    probe = make_env(env_cfg)  # validates the settings in this process before any worker starts
+    probe.reset(seed=data_cfg.seed)
+    frame = probe.render()
+    objects = probe.object_names
+    policy = ExplorationPolicy(probe.joint_ranges, probe.action_space.low, probe.action_space.high,
+                               kind=data_cfg.policy)
+    probe.close()
+    root.mkdir(parents=True, exist_ok=True)
+
+    files = _existing_episodes(root, manifest)
+    todo = [i for i in range(data_cfg.episodes) if episode_name(i) not in files]
+    base = {"settings": settings, "objects": objects, "image_size": int(frame.shape[0])}
+
+    def save_manifest(complete: bool) -> None:
+        write_manifest(root, {**base, "episodes": data_cfg.episodes, "files": dict(sorted(files.items())),
+                              "complete": complete})
+
+    if todo:
+        workers = min(data_cfg.workers, len(todo))
+        envs = _make_vector_env(env_cfg, workers)
+        bar = tqdm(total=data_cfg.episodes, initial=data_cfg.episodes - len(todo), unit="ep",
+                   desc=f"collect {env_cfg.name}", disable=not progress)
+        try:
+            for start in range(0, len(todo), workers):
+                batch = todo[start:start + workers]
+                for index, episode in zip(batch, _run_batch(envs, policy, batch, data_cfg.seed, objects)):
+                    files[episode_name(index)] = save_episode(root, index, episode)
+                save_manifest(complete=False)
+                bar.update(len(batch))
+        finally:
+            bar.close()
+            envs.close()
+    save_manifest(complete=True)
+    return root
+
+
+def _run_batch(envs, policy: ExplorationPolicy, indices: list[int], seed: int, objects: list[str]) -> list[dict]:
+    """Run one episode per index (a vector env may have more slots than indices)."""
+    n = envs.num_envs
+    seeds = [seed + i for i in indices] + [seed + indices[-1] + 1 + k for k in range(n - len(indices))]
+    _, info = envs.reset(seed=seeds)
+    policy.reset(seeds)
+    frames, actions, proprio = [np.stack(envs.call("render"))], [], [info["proprio"]]
+    pos = {o: [info["positions"][o]] for o in objects}
+    px = {o: [info["pixels"][o]] for o in objects}
+    matrix = info["camera_matrix"][0]
+    while True:
+        action = policy(info["proprio"])
+        _, _, terminated, truncated, info = envs.step(action.astype(np.float32))
+        if terminated.any():
+            raise RuntimeError("an env terminated before its time limit; collection expects fixed-length episodes")
+        frames.append(np.stack(envs.call("render")))
+        actions.append(action)
+        proprio.append(info["proprio"])
+        for o in objects:
+            pos[o].append(info["positions"][o])
+            px[o].append(info["pixels"][o])
+        if truncated.all():
+            break
+        if truncated.any():
+            raise RuntimeError("envs in one batch reached their time limits at different steps")
+    episodes = []
+    for k in range(len(indices)):
+        episode = {
+            "frames": np.stack([f[k] for f in frames]).astype(np.uint8),
+            "actions": np.stack([a[k] for a in actions]).astype(np.float32),
+            "proprio": np.stack([p[k] for p in proprio]).astype(np.float32),
+            "camera_matrix": np.asarray(matrix, dtype=np.float64),
+        }
+        for o in objects:
+            episode[f"pos_{o}"] = np.stack([p[k] for p in pos[o]]).astype(np.float64)
+            episode[f"px_{o}"] = np.stack([p[k] for p in px[o]]).astype(np.float64)
+        episodes.append(episode)
+    return episodes

@@ -1,0 +1,97 @@
+"""Typed configuration: the dataclass schema every Hydra config is checked against.
+
+``configs/config.yaml`` composes the groups (env/, model/, train/, logger/) on top of
+:class:`Config`, registered with Hydra's ConfigStore as ``base_config``; a misspelt key or a
+value of the wrong type fails at start-up with a message that names the key. The package
+itself takes these dataclasses, so it is usable without Hydra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from envs.core import EnvConfig
+from dsae.model import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the dataset lives and how it is collected."""
+
+    dir: Optional[str] = None  # None: data/<env>-<hash of the settings below and env/>
+    episodes: int = 200
+    workers: int = 2  # parallel env processes (gymnasium AsyncVectorEnv); 1 = in-process
+    seed: int = 0
+    policy: str = "pd"  # "pd": PD control to random joint targets; "random": uniform actions
+    val_fraction: float = 0.1  # the last episodes, held out for evaluation
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 32  # frame triples per step (3x as many images)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"  # "cosine" or "constant"
+    grad_clip: float = 10.0  # max gradient norm; 0 disables
+    log_every: int = 25
+    eval_every: int = 500  # held-out reconstruction error
+    image_every: int = 500  # keypoint overlay and reconstruction images to the logger
+    checkpoint_every: int = 250
+    resume: Optional[str] = None  # "true"/"latest": newest unfinished run; or a run folder / checkpoint path
+    probe_frames: int = 6000  # at most this many training frames fit the linear probe
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # "wandb" or "none"
+    mode: str = "offline"  # wandb mode: "offline" (no account needed), "online", "disabled"
+    project: str = "dsae"
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
+    checkpoint: Optional[str] = None  # for evaluate.py: the checkpoint to score
+
+
+def register() -> None:
+    """Register :class:`Config` with Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def to_config(cfg: Any) -> Config:
+    """An OmegaConf DictConfig (from Hydra) or a Config -> a Config dataclass instance."""
+    if isinstance(cfg, Config):
+        return cfg
+    from omegaconf import OmegaConf
+
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, Config):
+        raise TypeError(f"expected a config composed on base_config, got {type(obj).__name__}")
+    return obj
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """A Config as plain dicts and lists (for JSON, checkpoints and loggers)."""
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """The inverse of :func:`to_dict`, checked against the schema."""
+    from omegaconf import OmegaConf
+
+    return to_config(OmegaConf.merge(OmegaConf.structured(Config), data))

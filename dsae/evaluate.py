@@ -1,0 +1,140 @@
+"""Keypoint quality: the linear probe of DESIGN.md, and reconstruction error.
+
+The probe fits a linear map with intercept from the K x 2 keypoints to each object's
+ground-truth position, on frames of the training episodes, and scores it on held-out
+episodes: R^2 of the pixel position (one R^2 over both coordinates:
+1 - sum of squared residuals / sum of squared deviations from the mean), the mean
+Euclidean error in pixels, and the mean Euclidean error in metres (a second map, to the
+world position). Objects that do not move in the held-out data (zero variance) get no R^2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dsae.data import Dataset
+from dsae.model import DeepSpatialAutoencoder, gray_target
+
+
+@torch.no_grad()
+def encode_frames(encoder: torch.nn.Module, frames: np.ndarray, device: torch.device,
+                  batch: int = 512) -> np.ndarray:
+    """uint8 frames (N, H, W, 3) -> keypoints (N, K, 2) as float64, in batches."""
+    encoder.eval()
+    out = []
+    for start in range(0, len(frames), batch):
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch])).to(device)
+        out.append(encoder(chunk).double().cpu().numpy())
+    return np.concatenate(out)
+
+
+def fit_linear(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
+    """Least squares with intercept: x (N, D), y (N, M) -> weights (D + 1, M)."""
+    xa = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    gram = xa.T @ xa
+    gram += ridge * np.trace(gram) / len(gram) * np.eye(len(gram))
+    return np.linalg.solve(gram, xa.T @ y)
+
+
+def apply_linear(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([x, np.ones((len(x), 1))], axis=1) @ weights
+
+
+def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> Optional[float]:
+    """Pooled R^2 over all output columns; None when the truth has no variance."""
+    total = ((y_true - y_true.mean(axis=0)) ** 2).sum()
+    if total <= 1e-12 * max(1.0, float((y_true ** 2).sum())):
+        return None
+    return float(1.0 - ((y_true - y_pred) ** 2).sum() / total)
+
+
+def linear_probe(kp_train: np.ndarray, targets_train: dict[str, np.ndarray],
+                 kp_test: np.ndarray, targets_test: dict[str, np.ndarray]) -> dict[str, Optional[float]]:
+    """Fit on train, score on test. kp: (N, K, 2); targets: name -> (N, M). Returns r2 and err."""
+    w = fit_linear(kp_train.reshape(len(kp_train), -1), np.concatenate(list(targets_train.values()), axis=1))
+    pred = apply_linear(w, kp_test.reshape(len(kp_test), -1))
+    out, col = {}, 0
+    for name, truth in targets_test.items():
+        p = pred[:, col:col + truth.shape[1]]
+        col += truth.shape[1]
+        out[f"r2_{name}"] = r2_score(truth, p)
+        out[f"err_{name}"] = float(np.linalg.norm(truth - p, axis=1).mean())
+    return out
+
+
+def probe_dataset(encoder: torch.nn.Module, dataset: Dataset, train_eps: np.ndarray, test_eps: np.ndarray,
+                  device: torch.device, max_train_frames: int = 6000, seed: int = 0) -> dict[str, dict]:
+    """Probe every object of a dataset. Returns {"probe_r2", "probe_err_px", "probe_err_m"}."""
+    rng = np.random.default_rng(seed)
+    t = dataset.frames.shape[1]
+    train_idx = np.stack(np.meshgrid(train_eps, np.arange(t), indexing="ij"), -1).reshape(-1, 2)
+    if len(train_idx) > max_train_frames:
+        train_idx = train_idx[np.sort(rng.choice(len(train_idx), max_train_frames, replace=False))]
+    test_idx = np.stack(np.meshgrid(test_eps, np.arange(t), indexing="ij"), -1).reshape(-1, 2)
+    kp_train = encode_frames(encoder, dataset.frames[train_idx[:, 0], train_idx[:, 1]], device)
+    kp_test = encode_frames(encoder, dataset.frames[test_idx[:, 0], test_idx[:, 1]], device)
+
+    def gather(arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+        return {o: a[idx[:, 0], idx[:, 1]] for o, a in arrays.items()}
+
+    px = linear_probe(kp_train, gather(dataset.pixels, train_idx), kp_test, gather(dataset.pixels, test_idx))
+    world = linear_probe(kp_train, gather(dataset.positions, train_idx), kp_test, gather(dataset.positions, test_idx))
+    objects = dataset.objects
+    return {
+        "probe_r2": {o: px[f"r2_{o}"] for o in objects},
+        "probe_err_px": {o: px[f"err_{o}"] for o in objects},
+        "probe_err_m": {o: world[f"err_{o}"] for o in objects},
+    }
+
+
+@torch.no_grad()
+def reconstruction_mse(model: DeepSpatialAutoencoder, frames: np.ndarray, device: torch.device,
+                       batch: int = 512) -> float:
+    """Mean squared error of the grayscale reconstruction over uint8 frames (N, H, W, 3)."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(frames), batch):
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch])).to(device)
+        _, recon = model(chunk)
+        target = gray_target(chunk, model.cfg.recon_size)
+        total += float(((recon - target) ** 2).sum())
+        count += target.numel()
+    return total / count
+
+
+def evaluate_checkpoint(path: Optional[str], run_dir: str | Path, device: Optional[str] = "auto",
+                        max_train_frames: Optional[int] = None) -> dict:
+    """Probe a checkpoint on its dataset's held-out episodes; writes ``<run_dir>/metrics.json``."""
+    import json
+
+    from dsae.api import load_model
+    from dsae.checkpoint import CheckpointError
+    from dsae.config import from_dict
+    from dsae.data import load_dataset
+    from dsae.device import resolve_device
+
+    if not path:
+        raise CheckpointError("no checkpoint given: pass checkpoint=PATH (a .pt file or a run folder)")
+    model, state = load_model(path, device)
+    cfg = from_dict(state["config"])
+    dataset = load_dataset(state["dataset"])
+    train_eps, val_eps = dataset.split(cfg.data.val_fraction)
+    dev = resolve_device(device)
+    metrics = {
+        **probe_dataset(model.encoder, dataset, train_eps, val_eps, dev,
+                        max_train_frames or cfg.train.probe_frames, cfg.seed),
+        "recon_mse": reconstruction_mse(model, dataset.frames[val_eps].reshape(-1, *dataset.frames.shape[2:]), dev),
+        "steps": state["step"],
+        "checkpoint": state["path"],
+        "dataset": str(dataset.root),
+        "env": cfg.env.name,
+        "held_out_episodes": int(len(val_eps)),
+    }
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

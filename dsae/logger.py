@@ -1,0 +1,74 @@
+"""Run logging: wandb (offline by default: no account, no network) plus files in the run folder.
+
+Scalars always go to ``<run>/scalars.jsonl`` and images to ``<run>/media/*.png``, whatever
+the backend; with ``backend=wandb`` they go to a wandb run in ``<run>/wandb`` as well.
+``logger.mode=online`` sends the wandb run to the server (needs ``wandb login``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import imageio.v3 as iio
+import numpy as np
+
+from dsae.config import LoggerConfig
+
+BACKENDS = ("wandb", "none")
+MODES = ("offline", "online", "disabled")
+
+
+class Logger:
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict[str, Any],
+                 name: Optional[str] = None, resume_id: Optional[str] = None):
+        if cfg.backend not in BACKENDS:
+            raise ValueError(f"logger.backend must be one of {BACKENDS}, got {cfg.backend!r}")
+        if cfg.mode not in MODES:
+            raise ValueError(f"logger.mode must be one of {MODES}, got {cfg.mode!r}")
+        self.run_dir = Path(run_dir)
+        self.media = self.run_dir / "media"
+        self.media.mkdir(parents=True, exist_ok=True)
+        self._scalars = open(self.run_dir / "scalars.jsonl", "a")
+        self.wandb_run = None
+        if cfg.backend == "wandb" and cfg.mode != "disabled":
+            import wandb
+
+            self.wandb_run = wandb.init(
+                project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(self.run_dir),
+                config=config, name=name, tags=list(cfg.tags), id=resume_id,
+                resume="allow" if resume_id else None, settings=wandb.Settings(console="off", silent=True),
+            )
+
+    @property
+    def run_id(self) -> Optional[str]:
+        return self.wandb_run.id if self.wandb_run is not None else None
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        scalars = {k: float(v) for k, v in scalars.items()}
+        self._scalars.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._scalars.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(scalars, step=step)
+
+    def image(self, name: str, image: np.ndarray, step: int) -> Path:
+        """Save a uint8 (H, W, 3) image as media/<name>_<step>.png and log it."""
+        path = self.media / f"{name.replace('/', '_')}_{step:07d}.png"
+        iio.imwrite(path, image)
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({name: wandb.Image(str(path))}, step=step)
+        return path
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.wandb_run is not None:
+            for k, v in values.items():
+                self.wandb_run.summary[k] = v
+
+    def close(self) -> None:
+        self._scalars.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None

@@ -1,0 +1,205 @@
+"""The Deep Spatial Autoencoder: conv encoder -> spatial soft-argmax -> FC decoder, and its loss.
+
+Images enter as uint8 (B, H, W, 3) and are converted once, here, to float (B, 3, H, W) in
+[0, 1]. The decoder reconstructs a downsampled grayscale image (B, h, w) from the
+keypoints alone. The loss is the reconstruction error plus the smoothness term
+g_slow = ||(f_{t+1} - f_t) - (f_t - f_{t-1})||^2 on triples of consecutive frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsae.spatial_softmax import SpatialSoftmax
+
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and loss settings (paper defaults in ``configs/model/finn2016.yaml``)."""
+
+    channels: list[int] = field(default_factory=lambda: [64, 32, 16])
+    kernels: list[int] = field(default_factory=lambda: [7, 5, 5])
+    strides: list[int] = field(default_factory=lambda: [2, 1, 1])
+    padding: str = "valid"  # "valid" (paper) or "same"
+    norm: str = "none"  # "none", "batch" or "group"
+    num_keypoints: int = 16  # K; must equal channels[-1] unless project is true
+    project: bool = False  # a 1x1 conv from channels[-1] to num_keypoints
+    temperature: float = 1.0
+    learn_temperature: bool = True
+    recon_size: int = 32  # side of the grayscale reconstruction target
+    decoder: str = "fc"  # "fc" (the paper's) or "gaussian" (keypoints drawn as maps, then convs)
+    decoder_hidden: list[int] = field(default_factory=list)  # fc: [] = the paper's single linear layer
+    decoder_channels: int = 64  # gaussian: width of its conv layers
+    decoder_sigma: float = 0.1  # gaussian: blob std in normalised units ([-1, 1] spans the image)
+    slow_weight: float = 1.0  # weight of g_slow in the loss
+
+
+def to_float_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1]; float (B, 3, H, W) passes through."""
+    if images.dtype == torch.uint8:
+        if images.dim() != 4 or images.shape[-1] != 3:
+            raise ValueError(f"uint8 images must be (B, H, W, 3), got shape {tuple(images.shape)}")
+        return images.permute(0, 3, 1, 2).float().div_(255.0)
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"float images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    return images
+
+
+def gray_target(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Reconstruction target: images -> grayscale, area-downsampled, (B, size, size) in [0, 1]."""
+    x = to_float_images(images)
+    weights = x.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)
+    gray = (x * weights).sum(dim=1, keepdim=True)
+    return F.interpolate(gray, size=(size, size), mode="area").squeeze(1)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    raise ValueError(f"model.norm must be 'none', 'batch' or 'group', got {kind!r}")
+
+
+class Encoder(nn.Module):
+    """Conv stack ending in spatial soft-argmax: float (B, 3, H, W) -> keypoints (B, K, 2)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if not (len(cfg.channels) == len(cfg.kernels) == len(cfg.strides)) or not cfg.channels:
+            raise ValueError("model.channels, model.kernels and model.strides must be non-empty and of equal length")
+        if cfg.padding not in ("valid", "same"):
+            raise ValueError(f"model.padding must be 'valid' or 'same', got {cfg.padding!r}")
+        if not cfg.project and cfg.channels[-1] != cfg.num_keypoints:
+            raise ValueError(
+                f"model.num_keypoints={cfg.num_keypoints} differs from the last conv's "
+                f"{cfg.channels[-1]} channels: set model.project=true for a 1x1 projection, "
+                "or make model.channels end in num_keypoints"
+            )
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for out_ch, k, s in zip(cfg.channels, cfg.kernels, cfg.strides):
+            pad = 0 if cfg.padding == "valid" else k // 2
+            layers += [nn.Conv2d(in_ch, out_ch, k, stride=s, padding=pad), _norm(cfg.norm, out_ch), nn.ReLU(inplace=True)]
+            in_ch = out_ch
+        if cfg.project:
+            layers.append(nn.Conv2d(in_ch, cfg.num_keypoints, 1))
+        self.features = nn.Sequential(*layers)
+        self.softmax_channels = cfg.num_keypoints
+        self.softmax = SpatialSoftmax(cfg.temperature, cfg.learn_temperature)
+
+    def forward(self, images: torch.Tensor, return_attention: bool = False):
+        return self.softmax(self.features(to_float_images(images)), return_attention=return_attention)
+
+
+class FCDecoder(nn.Module):
+    """Fully connected decoder: keypoints (B, K, 2) -> grayscale image (B, h, w)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.size = cfg.recon_size
+        dims = [2 * cfg.num_keypoints, *cfg.decoder_hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(dims[-1], self.size * self.size))
+        self.net = nn.Sequential(*layers)
+        # Start near a flat mid-grey image: a decoder that starts far from the data sends large
+        # gradients into the encoder, which can silence its last ReLUs (every keypoint then
+        # sits still at the image centre for good).
+        with torch.no_grad():
+            layers[-1].weight.mul_(0.1)
+            layers[-1].bias.fill_(0.5)
+
+    def forward(self, keypoints: torch.Tensor) -> torch.Tensor:
+        return self.net(keypoints.flatten(1)).view(-1, self.size, self.size)
+
+
+def gaussian_maps(keypoints: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Keypoints (B, K, 2) -> isotropic Gaussian maps (B, K, size, size), peak 1 at each keypoint.
+
+    Pixel centres at normalised coordinates linspace(-1, 1, size), as in the DESIGN.md convention.
+    """
+    grid = torch.linspace(-1.0, 1.0, size, device=keypoints.device, dtype=keypoints.dtype)
+    gx = torch.exp(-(grid - keypoints[..., 0:1]) ** 2 / (2 * sigma**2))  # (B, K, W)
+    gy = torch.exp(-(grid - keypoints[..., 1:2]) ** 2 / (2 * sigma**2))  # (B, K, H)
+    return gy.unsqueeze(-1) * gx.unsqueeze(-2)
+
+
+class GaussianDecoder(nn.Module):
+    """Keypoints drawn as Gaussian maps, then a small conv net: (B, K, 2) -> (B, h, w).
+
+    The image is a learned background plus what the convs draw around each keypoint, so a
+    keypoint can only explain pixels near where it sits: a strong push for keypoints to sit
+    on the things that move.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.size, self.sigma = cfg.recon_size, cfg.decoder_sigma
+        c = cfg.decoder_channels
+        self.net = nn.Sequential(
+            nn.Conv2d(cfg.num_keypoints, c, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c, 1, 3, padding=1),
+        )
+        self.background = nn.Parameter(torch.full((self.size, self.size), 0.5))
+
+    def forward(self, keypoints: torch.Tensor) -> torch.Tensor:
+        maps = gaussian_maps(keypoints, self.size, self.sigma)
+        return self.net(maps).squeeze(1) + self.background
+
+
+DECODERS = {"fc": FCDecoder, "gaussian": GaussianDecoder}
+
+
+def Decoder(cfg: ModelConfig) -> nn.Module:
+    """The decoder that ``cfg.decoder`` names."""
+    if cfg.decoder not in DECODERS:
+        raise ValueError(f"model.decoder must be one of {sorted(DECODERS)}, got {cfg.decoder!r}")
+    return DECODERS[cfg.decoder](cfg)
+
+
+class DeepSpatialAutoencoder(nn.Module):
+    """Encoder + decoder. ``forward(images) -> (keypoints (B, K, 2), reconstruction (B, h, w))``."""
+
+    def __init__(self, cfg: ModelConfig, image_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.image_size = image_size
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        size = image_size
+        for k, s in zip(cfg.kernels, cfg.strides):
+            size = (size - (k if cfg.padding == "valid" else 1)) // s + 1
+        if size < 2:
+            raise ValueError(f"image_size={image_size} is too small for this encoder (its feature maps would be {size}x{size})")
+        self.feature_size = (size, size)
+
+    def forward(self, images: torch.Tensor):
+        keypoints = self.encoder(images)
+        return keypoints, self.decoder(keypoints)
+
+    def loss(self, triples: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss on frame triples uint8 (B, 3, H, W, 3) (consecutive frames t-1, t, t+1).
+
+        Reconstruction MSE over all three frames plus ``slow_weight`` * mean g_slow. The
+        parts come back detached (no device sync here; call ``float()`` when logging).
+        """
+        b = triples.shape[0]
+        images = triples.flatten(0, 1)
+        keypoints, recon = self(images)
+        target = gray_target(images, self.cfg.recon_size)
+        recon_loss = F.mse_loss(recon, target)
+        f = keypoints.view(b, 3, -1, 2)
+        slow = ((f[:, 2] - f[:, 1]) - (f[:, 1] - f[:, 0])).pow(2).sum(-1).mean()
+        total = recon_loss + self.cfg.slow_weight * slow
+        return total, {"loss": total.detach(), "recon_mse": recon_loss.detach(), "slow": slow.detach()}

@@ -1,0 +1,228 @@
+"""Training: dataset (collected if missing) -> DSAE -> checkpoints -> probe -> metrics.json.
+
+``run_training(cfg, run_dir)`` is the whole of ``scripts/train.py`` without Hydra. A run
+folder ends up holding ``config.json``, ``checkpoints/last.pt``, ``scalars.jsonl``,
+``media/*.png``, the wandb run (``wandb/``) and ``metrics.json``, written last, which also
+marks the run as finished.
+
+Resuming (``train.resume``): ``true``/``latest`` continues this run folder if it has a
+checkpoint, else the newest unfinished run under ``outputs/``; a path names a run folder
+or a checkpoint. The run continues in its own folder, with the configuration saved in its
+checkpoint, to the same final step, with the optimiser, schedule, RNG and batch sampler
+restored, so the result matches an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from dsae.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from dsae.collect import collect, default_dataset_dir
+from dsae.config import Config, from_dict, to_dict
+from dsae.data import Dataset, TripleSampler, load_dataset, read_manifest
+from dsae.device import resolve_device
+from dsae.draw import grid_image, overlay_keypoints, reconstruction_panel
+from dsae.evaluate import probe_dataset, reconstruction_mse
+from dsae.logger import Logger
+from dsae.model import DeepSpatialAutoencoder, gray_target
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+METRICS = "metrics.json"
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def dataset_dir(cfg: Config) -> Path:
+    return Path(cfg.data.dir) if cfg.data.dir else default_dataset_dir(cfg.env, cfg.data)
+
+
+def ensure_dataset(cfg: Config) -> Dataset:
+    """Load the configured dataset, collecting (or finishing) it first when needed."""
+    root = dataset_dir(cfg)
+    manifest = read_manifest(root)
+    if manifest is None or not manifest.get("complete") or manifest.get("episodes", 0) < cfg.data.episodes:
+        print(f"[dsae] collecting {cfg.data.episodes} {cfg.env.name} episodes into {root}")
+        collect(cfg.env, cfg.data, root)
+    return load_dataset(root)
+
+
+def find_resume_checkpoint(resume: Optional[str], run_dir: Path, outputs: Path = Path("outputs")) -> Optional[Path]:
+    """The checkpoint that ``train.resume`` names, or None for a fresh run."""
+    if resume is None or str(resume).lower() in ("false", "none", "null", ""):
+        return None
+    if str(resume).lower() in ("true", "latest"):
+        own = run_dir / CHECKPOINT
+        if own.exists():
+            return own
+        candidates = [p for p in outputs.glob("**/checkpoints/last.pt") if not (p.parent.parent / METRICS).exists()]
+        if not candidates:
+            raise CheckpointError(
+                f"train.resume=true but no unfinished run with a checkpoint was found under {outputs}/; "
+                "start a fresh run (drop train.resume) or pass train.resume=PATH to a run folder")
+        return max(candidates, key=lambda p: p.stat().st_mtime)
+    path = Path(resume)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise CheckpointError(f"train.resume={resume}: no checkpoint at {path}")
+    return path
+
+
+def _lr_lambda(schedule: str, total: int):
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    if schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def _check(cfg: Config) -> None:
+    t = cfg.train
+    for key in ("steps", "batch_size", "log_every", "eval_every", "image_every", "checkpoint_every", "probe_frames"):
+        if getattr(t, key) < 1:
+            raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    if not t.lr > 0:
+        raise ValueError(f"train.lr must be > 0, got {t.lr}")
+    if not 0 < cfg.data.val_fraction < 1:
+        raise ValueError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
+
+
+def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a DSAE; returns the metrics also written to ``<run>/metrics.json``."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    resume_from = find_resume_checkpoint(cfg.train.resume, run_dir)
+    state = None
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        requested_device = cfg.device
+        cfg = from_dict(state["config"])
+        cfg.device = requested_device
+        run_dir = resume_from.parent.parent
+        print(f"[dsae] resuming {run_dir} from step {state['step']} of {cfg.train.steps}")
+    _check(cfg)
+    device = resolve_device(cfg.device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+
+    seed_everything(cfg.seed)
+    dataset = ensure_dataset(cfg)
+    train_eps, val_eps = dataset.split(cfg.data.val_fraction)
+    model = DeepSpatialAutoencoder(cfg.model, dataset.image_size).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.train.lr_schedule, cfg.train.steps))
+    sampler = TripleSampler(dataset.frames, train_eps, device, seed=cfg.seed)
+    step, elapsed, images_seen, train_time, wandb_id = 0, 0.0, 0, 0.0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        sampler.generator.set_state(state["rng"]["sampler"])
+        step, elapsed = state["step"], state["elapsed_s"]
+        images_seen, train_time = state["images_seen"], state["train_time_s"]
+        wandb_id = state.get("wandb_id")
+
+    logger = Logger(cfg.logger, run_dir, to_dict(cfg), name=run_dir.name, resume_id=wandb_id)
+    val_frames = dataset.frames[val_eps].reshape(-1, *dataset.frames.shape[2:])
+    rng = np.random.default_rng(cfg.seed)
+    val_subset = val_frames[np.sort(rng.choice(len(val_frames), min(1024, len(val_frames)), replace=False))]
+    show = torch.from_numpy(val_frames[np.linspace(0, len(val_frames) - 1, 8).astype(int)]).to(device)
+
+    def checkpoint() -> Path:
+        return save_checkpoint(run_dir / CHECKPOINT, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "step": step, "config": to_dict(cfg),
+            "rng": {**rng_state(), "sampler": sampler.generator.get_state()},
+            "elapsed_s": elapsed + time.perf_counter() - started, "images_seen": images_seen,
+            "train_time_s": train_time, "wandb_id": logger.run_id,
+            "image_size": dataset.image_size, "dataset": str(dataset.root), "objects": dataset.objects,
+        })
+
+    def log_images() -> None:
+        model.eval()
+        with torch.no_grad():
+            kp, recon = model(show)
+        logger.image("keypoints", grid_image(overlay_keypoints(show.cpu(), kp), nrow=8), step)
+        logger.image("reconstruction", reconstruction_panel(gray_target(show, cfg.model.recon_size), recon, 96), step)
+
+    totals = {"loss": 0.0, "recon_mse": 0.0, "slow": 0.0}
+    count = 0
+    bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    try:
+        while step < cfg.train.steps:
+            model.train()
+            t0 = time.perf_counter()
+            batch = sampler.sample(cfg.train.batch_size)
+            loss, parts = model.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} at step {step + 1}; lower train.lr")
+            step += 1
+            images_seen += batch.shape[0] * 3
+            for k in totals:
+                totals[k] += float(parts[k])
+            count += 1
+            train_time += time.perf_counter() - t0
+            bar.update(1)
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                scalars = {f"train/{k}": v / count for k, v in totals.items()}
+                scalars["train/images_per_s"] = images_seen / max(train_time, 1e-9)
+                scalars["train/lr"] = scheduler.get_last_lr()[0]
+                scalars["train/temperature"] = model.encoder.softmax.temperature.item()
+                logger.log(scalars, step)
+                bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", img_s=f"{scalars['train/images_per_s']:.0f}")
+                totals = dict.fromkeys(totals, 0.0)
+                count = 0
+            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+                logger.log({"val/recon_mse": reconstruction_mse(model, val_subset, device)}, step)
+            if step % cfg.train.image_every == 0 or step == cfg.train.steps:
+                log_images()
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                checkpoint()
+    finally:
+        bar.close()
+
+    ckpt_path = run_dir / CHECKPOINT
+    if not ckpt_path.exists():  # steps was already reached by the checkpoint we resumed from
+        checkpoint()
+    print("[dsae] evaluating: linear probe on held-out episodes")
+    metrics = {
+        **probe_dataset(model.encoder, dataset, train_eps, val_eps, device, cfg.train.probe_frames, cfg.seed),
+        "recon_mse": reconstruction_mse(model, val_frames, device),
+        "steps": step,
+        "train_images_per_s": images_seen / max(train_time, 1e-9),
+        "wall_s": elapsed + time.perf_counter() - started,
+        "checkpoint": str(ckpt_path),
+        "dataset": str(dataset.root),
+        "env": cfg.env.name,
+        "image_size": dataset.image_size,
+        "num_keypoints": cfg.model.num_keypoints,
+        "device": str(device),
+        "held_out_episodes": int(len(val_eps)),
+    }
+    logger.summary({k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    logger.log({f"probe/r2_{o}": v for o, v in metrics["probe_r2"].items() if v is not None}, step)
+    logger.close()
+    (run_dir / METRICS).write_text(json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,27 @@
+"""Score a checkpoint: `python scripts/evaluate.py checkpoint=PATH` (a .pt file or a run folder).
+
+Runs the linear probe on the held-out episodes of the checkpoint's dataset and writes
+metrics.json into this command's run folder (printed at the end).
+"""
+
+import json
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from dsae.config import register, to_config
+
+register()
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base=None)
+def main(cfg) -> None:
+    from dsae.evaluate import evaluate_checkpoint
+
+    config = to_config(cfg)
+    metrics = evaluate_checkpoint(config.checkpoint, HydraConfig.get().runtime.output_dir, device=config.device)
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()

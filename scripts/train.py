@@ -1,0 +1,26 @@
+"""Train a Deep Spatial Autoencoder: `python scripts/train.py env=reacher`.
+
+Collects the dataset first when it is missing, then trains, evaluates the linear probe on
+held-out episodes and writes metrics.json into the run folder (printed at the end).
+"""
+
+import json
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from dsae.config import register, to_config
+
+register()
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base=None)
+def main(cfg) -> None:
+    from dsae.train import run_training
+
+    metrics = run_training(to_config(cfg), HydraConfig.get().runtime.output_dir)
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny configs and a tiny collected dataset (made once per test session)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from dsae.config import Config, DataConfig, LoggerConfig, TrainConfig  # noqa: E402
+from dsae.model import ModelConfig  # noqa: E402
+from envs.core import EnvConfig  # noqa: E402
+
+
+def tiny_config(tmp: Path, **train) -> Config:
+    """A reacher config that trains in seconds: 32 px frames, 8 episodes, a small model."""
+    return Config(
+        env=EnvConfig(name="reacher", image_size=32, object_radius=0.02, randomize_arm=True,
+                      max_episode_steps=12),
+        model=ModelConfig(channels=[16, 8], kernels=[5, 3], strides=[2, 1], num_keypoints=8, recon_size=16),
+        train=TrainConfig(**{"steps": 30, "batch_size": 8, "log_every": 5, "eval_every": 10,
+                             "image_every": 15, "checkpoint_every": 10, "probe_frames": 500, **train}),
+        data=DataConfig(dir=str(tmp / "data"), episodes=8, workers=1),
+        logger=LoggerConfig(backend="none", mode="disabled"),
+        device="cpu",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """(config, dataset root) of a collected 8-episode, 32 px reacher dataset."""
+    from dsae.collect import collect
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    cfg = tiny_config(tmp)
+    root = collect(cfg.env, cfg.data, progress=False)
+    return cfg, root

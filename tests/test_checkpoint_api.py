@@ -1,0 +1,58 @@
+"""Checkpoints are atomic and complete; load_encoder gives keypoints with no Hydra."""
+
+import pytest
+import torch
+
+import dsae
+from dsae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dsae.config import to_dict
+from tests.conftest import tiny_config
+
+
+def test_public_api_names():
+    for name in ("DeepSpatialAutoencoder", "SpatialSoftmax", "load_encoder"):
+        assert hasattr(dsae, name)
+
+
+def test_missing_checkpoint_names_path(tmp_path):
+    with pytest.raises(CheckpointError, match=str(tmp_path / "nope.pt")):
+        load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="nope.pt"):
+        dsae.load_encoder(tmp_path / "nope.pt")
+
+
+def test_truncated_checkpoint_is_reported(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", {"model": {}, "config": {}})
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_checkpoint(path)
+
+
+def test_save_is_atomic_on_failure(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", {"model": {"a": torch.ones(1)}, "config": {}})
+    before = path.read_bytes()
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_checkpoint(path, {"model": Unpicklable(), "config": {}})
+    assert path.read_bytes() == before, "a failed save leaves the previous checkpoint intact"
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"], "no temporary file left behind"
+
+
+def test_load_encoder_round_trip(tmp_path):
+    cfg = tiny_config(tmp_path)
+    model = dsae.DeepSpatialAutoencoder(cfg.model, 32)
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt",
+                    {"model": model.state_dict(), "config": to_dict(cfg), "image_size": 32, "step": 0})
+    encoder = dsae.load_encoder(tmp_path / "run", device="cpu")  # a run folder works too
+    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    kp = encoder(images)
+    assert kp.shape == (3, cfg.model.num_keypoints, 2)
+    assert ((kp >= -1) & (kp <= 1)).all()
+    torch.testing.assert_close(kp, model.encoder(images))
+    assert not any(p.requires_grad for p in encoder.parameters())
+    with pytest.raises(ValueError, match="32x32 images, got 48x48"):
+        encoder(torch.zeros(1, 48, 48, 3, dtype=torch.uint8))

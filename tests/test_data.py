@@ -1,0 +1,90 @@
+"""Datasets on disk: manifest checks, clear errors for missing/corrupt files, triple sampling."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from dsae.data import MANIFEST, DatasetError, TripleSampler, load_dataset
+
+
+def test_load_tiny_dataset(tiny_dataset):
+    cfg, root = tiny_dataset
+    ds = load_dataset(root)
+    t = cfg.env.max_episode_steps
+    assert ds.frames.shape == (8, t + 1, 32, 32, 3) and ds.frames.dtype == np.uint8
+    assert ds.actions.shape == (8, t, 2)
+    assert ds.proprio.shape == (8, t + 1, 4)
+    assert ds.objects == ["fingertip", "target"]
+    assert ds.pixels["target"].shape == (8, t + 1, 2)
+    train, val = ds.split(0.25)
+    assert list(train) == list(range(6)) and list(val) == [6, 7]
+
+
+@pytest.fixture
+def copy_of(tiny_dataset, tmp_path):
+    _, root = tiny_dataset
+    dst = tmp_path / "copy"
+    shutil.copytree(root, dst)
+    return dst
+
+
+def test_missing_manifest_names_folder(tmp_path):
+    with pytest.raises(DatasetError, match=f"no dataset at {tmp_path}"):
+        load_dataset(tmp_path)
+
+
+def test_missing_episode_is_named(copy_of):
+    (copy_of / "episode_00003.npz").unlink()
+    with pytest.raises(DatasetError, match="episode_00003.npz.*missing"):
+        load_dataset(copy_of)
+
+
+def test_corrupt_episode_is_named(copy_of):
+    path = copy_of / "episode_00002.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="episode_00002.npz.*checksum"):
+        load_dataset(copy_of)
+
+
+def test_truncated_episode_is_named_without_verification(copy_of):
+    path = copy_of / "episode_00001.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DatasetError, match="episode_00001.npz.*corrupt"):
+        load_dataset(copy_of, verify=False)
+
+
+def test_unfinished_dataset_says_resume(copy_of):
+    manifest = json.loads((copy_of / MANIFEST).read_text())
+    manifest["complete"] = False
+    (copy_of / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match="unfinished.*resume"):
+        load_dataset(copy_of)
+
+
+def test_triples_are_consecutive_frames():
+    n, t = 3, 10
+    frames = np.zeros((n, t, 2, 2, 3), dtype=np.uint8)
+    for e in range(n):
+        for s in range(t):
+            frames[e, s] = e * 20 + s  # encodes (episode, time)
+    sampler = TripleSampler(frames, np.array([0, 2]), torch.device("cpu"), seed=0)
+    batch = sampler.sample(64)
+    assert batch.shape == (64, 3, 2, 2, 3)
+    values = batch[:, :, 0, 0, 0].long()
+    assert ((values[:, 1] - values[:, 0]) == 1).all() and ((values[:, 2] - values[:, 1]) == 1).all()
+    assert set((values[:, 0] // 20).tolist()) <= {0, 2}, "only the chosen episodes"
+
+
+def test_sampler_is_reproducible_from_its_state():
+    frames = np.random.default_rng(0).integers(0, 255, (4, 8, 2, 2, 3), dtype=np.uint8)
+    s = TripleSampler(frames, np.arange(4), torch.device("cpu"), seed=1)
+    s.sample(5)
+    state = s.generator.get_state()
+    a = s.sample(5)
+    s.generator.set_state(state)
+    torch.testing.assert_close(s.sample(5), a)

@@ -1,0 +1,116 @@
+"""End to end: the real scripts on tiny configs (collect -> train -> evaluate -> resume)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def tiny_overrides(tmp: Path, run: str, steps: int = 40) -> list[str]:
+    return [
+        "env.image_size=32", "env.max_episode_steps=12",
+        "model.channels=[16,8]", "model.kernels=[5,3]", "model.strides=[2,1]",
+        "model.num_keypoints=8", "model.recon_size=16",
+        f"train.steps={steps}", "train.batch_size=8", "train.log_every=5", "train.eval_every=20",
+        "train.image_every=20", "train.checkpoint_every=10", "train.probe_frames=500",
+        "data.episodes=8", "data.workers=2", f"data.dir={tmp / 'data'}",
+        "device=cpu", f"hydra.run.dir={tmp / run}",
+    ]
+
+
+def script(name: str, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=kw.pop("cwd", REPO),
+                          capture_output=True, text=True, env=env, timeout=600, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_collect_train_evaluate(tmp_path):
+    out = script("collect.py", *tiny_overrides(tmp_path, "collect"))
+    assert "dataset ready" in out.stdout
+    assert json.loads((tmp_path / "data" / "manifest.json").read_text())["complete"]
+
+    script("train.py", *tiny_overrides(tmp_path, "train"), "logger=wandb", "logger.mode=offline")
+    run = tmp_path / "train"
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("probe_r2", "probe_err_px", "recon_mse", "steps", "train_images_per_s", "wall_s", "checkpoint"):
+        assert key in metrics, key
+    assert set(metrics["probe_r2"]) == {"fingertip", "target"}
+    assert metrics["steps"] == 40 and Path(metrics["checkpoint"]).exists()
+    assert list((run / "wandb").glob("offline-run-*")), "an offline wandb run is written"
+    assert list((run / "media").glob("keypoints_*.png")) and list((run / "media").glob("reconstruction_*.png"))
+
+    script("evaluate.py", f"checkpoint={run}", f"hydra.run.dir={tmp_path / 'eval'}", "device=cpu")
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert again["probe_r2"] == pytest.approx(metrics["probe_r2"], abs=1e-9)
+    assert again["recon_mse"] == pytest.approx(metrics["recon_mse"], rel=1e-6)
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    steps = 300
+    args = tiny_overrides(tmp_path, "killed", steps) + ["logger=none", "train.checkpoint_every=20"]
+    script("collect.py", *args)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < killed_at < steps, f"the run was meant to be killed mid-way (checkpoint at {killed_at})"
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+
+    script("train.py", *tiny_overrides(tmp_path, "resumed-invocation", steps), "logger=none",
+           "train.checkpoint_every=20", f"train.resume={tmp_path / 'killed'}")
+    metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert metrics["steps"] == steps
+    logged = [json.loads(line)["step"] for line in (tmp_path / "killed" / "scalars.jsonl").read_text().splitlines()]
+    resumed_steps = [s for s in logged if s > killed_at]
+    assert resumed_steps and min(s for s in logged[logged.index(resumed_steps[0]):]) > killed_at, \
+        "the resumed run continued from its checkpoint, not from zero"
+
+    script("train.py", *args[:-1], f"hydra.run.dir={tmp_path / 'straight'}", "logger=none", "train.checkpoint_every=20")
+    a = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_latest_finds_the_unfinished_run(tmp_path):
+    """train.resume=true picks the newest unfinished run under outputs/ (relative to the cwd)."""
+    args = tiny_overrides(tmp_path, "first", 30) + ["logger=none", f"data.dir={tmp_path / 'data'}"]
+    script("train.py", *args)
+    (tmp_path / "first" / "metrics.json").unlink()  # as if it was killed after its last checkpoint
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "first").symlink_to(tmp_path / "first")
+    proc = script("train.py", *tiny_overrides(tmp_path, "second", 30), "logger=none", "train.resume=true",
+                  cwd=tmp_path)
+    assert "resuming" in proc.stdout
+    assert (tmp_path / "first" / "metrics.json").exists()
+
+
+def test_bad_input_fails_before_any_work(tmp_path):
+    proc = script("train.py", "model.num_keypointz=8", f"hydra.run.dir={tmp_path / 'x'}", check=False)
+    assert proc.returncode != 0 and "num_keypointz" in proc.stderr
+    proc = script("train.py", "train.steps=lots", f"hydra.run.dir={tmp_path / 'y'}", check=False)
+    assert proc.returncode != 0 and "train.steps" in proc.stderr
+    missing = tmp_path / "no" / "such.pt"
+    proc = script("evaluate.py", f"checkpoint={missing}", f"hydra.run.dir={tmp_path / 'z'}", check=False)
+    assert proc.returncode != 0 and str(missing) in proc.stderr
+    proc = script("train.py", "env.camera_id=0", f"hydra.run.dir={tmp_path / 'w'}", check=False)
+    assert proc.returncode != 0 and "camera_id" in proc.stderr and proc.returncode != -6
+    assert not (tmp_path / "w" / "checkpoints").exists()

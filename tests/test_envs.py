@@ -1,0 +1,127 @@
+"""envs: construction, the top-down camera, its world->pixel matrix, ground truth, validation."""
+
+import math
+
+import mujoco
+import numpy as np
+import pytest
+
+from envs import ENV_SPECS, camera_matrix, make_env, project_points
+
+
+def test_reacher_frames_and_info():
+    env = make_env("reacher", image_size=48)
+    _, info = env.reset(seed=3)
+    frame = env.render()
+    assert frame.shape == (48, 48, 3) and frame.dtype == np.uint8
+    assert set(info["positions"]) == {"fingertip", "target"}
+    assert info["camera_matrix"].shape == (3, 4)
+    assert info["proprio"].shape == (4,)
+    _, _, _, _, info2 = env.step(env.action_space.sample())
+    assert set(info2["pixels"]) == {"fingertip", "target"}
+    assert not np.allclose(info2["proprio"], info["proprio"])
+    env.close()
+
+
+# Hue masks for the stock colours: target (0.9, 0.2, 0.2) red; fingertip (0.0, 0.8, 0.6)
+# green-teal, unlike the links (0.0, 0.4, 0.6), which are blue-dominant, and the grey floor.
+MASKS = {
+    "target": lambda r, g, b: (r > 2 * g) & (r > 2 * b) & (r > 60),
+    "fingertip": lambda r, g, b: (g > r + 50) & (g > b + 8),
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_projected_pixels_land_on_the_rendered_objects(seed):
+    """The pixels in info (through the camera matrix) are where the spheres appear."""
+    env = make_env("reacher", image_size=128, object_radius=0.02, randomize_arm=True)
+    _, info = env.reset(seed=seed)
+    frame = env.render().astype(int)
+    for obj, mask_of in MASKS.items():
+        rows, cols = np.nonzero(mask_of(frame[..., 0], frame[..., 1], frame[..., 2]))
+        assert len(rows) > 20, f"{obj} not found in the frame"
+        centroid = np.array([cols.mean(), rows.mean()])
+        assert np.linalg.norm(centroid - info["pixels"][obj]) < 1.5, (obj, centroid, info["pixels"][obj])
+    env.close()
+
+
+def test_camera_matrix_matches_mujoco_scene_camera():
+    """Independent reference: MuJoCo's own camera pose (mean of its two stereo eyes)."""
+    model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><geom size='1 1 .1' type='plane'/></worldbody></mujoco>")
+    data = mujoco.MjData(model)
+    mujoco.mj_forward(model, data)
+    cam = mujoco.MjvCamera()
+    cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+    cam.lookat[:] = [0.1, -0.2, 0.05]
+    cam.distance, cam.azimuth, cam.elevation = 0.9, 30.0, -60.0
+    scene = mujoco.MjvScene(model, maxgeom=10)
+    mujoco.mjv_updateScene(model, data, mujoco.MjvOption(), None, cam, mujoco.mjtCatBit.mjCAT_ALL, scene)
+    left, right = scene.camera[0], scene.camera[1]
+    pos = (np.array(left.pos) + np.array(right.pos)) / 2
+    forward, up = np.array(left.forward), np.array(left.up)
+    p = camera_matrix(cam.lookat, cam.distance, cam.azimuth, cam.elevation, model.vis.global_.fovy, 64, 64)
+    # The camera centre is the matrix's null space; forward maps to the image centre.
+    _, _, vt = np.linalg.svd(p)
+    centre = vt[-1, :3] / vt[-1, 3]
+    np.testing.assert_allclose(centre, pos, atol=1e-5)
+    np.testing.assert_allclose(project_points(p, pos + forward), [31.5, 31.5], atol=1e-4)
+    # Up in the world is up in the image (smaller row).
+    assert project_points(p, pos + forward + 0.1 * up)[1] < 31.5
+    np.testing.assert_allclose(np.linalg.norm(forward), 1.0, atol=1e-6)
+    half = math.tan(math.radians(model.vis.global_.fovy) / 2)
+    # A point on the top edge of the view frustum projects to row -0.5 (the top pixel's edge).
+    np.testing.assert_allclose(project_points(p, pos + forward + half * up)[1], -0.5, atol=1e-4)  # MuJoCo is float32
+
+
+def test_top_down_axes():
+    """azimuth 90, elevation -90: world +x is image right, world +y is image up."""
+    p = camera_matrix([0, 0, 0], 1.0, 90.0, -90.0, 45.0, 64, 64)
+    c = project_points(p, [0, 0, 0])
+    np.testing.assert_allclose(c, [31.5, 31.5], atol=1e-9)
+    assert project_points(p, [0.1, 0, 0])[0] > c[0]
+    assert project_points(p, [0, 0.1, 0])[1] < c[1]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(name="cheetah"), "unknown env"),
+    (dict(name="reacher", image_size=0), "image_size"),
+    (dict(name="reacher", camera_id=0), "camera_id"),
+    (dict(name="reacher", camera_distance=-1.0), "camera_distance"),
+    (dict(name="reacher", object_radius=0.0), "object_radius"),
+])
+def test_invalid_settings_raise_before_mujoco(kwargs, match):
+    name = kwargs.pop("name")
+    with pytest.raises(ValueError, match=match):
+        make_env(name, **kwargs)
+
+
+def test_unknown_setting_is_named():
+    with pytest.raises(TypeError, match="image_sise"):
+        make_env("reacher", image_sise=64)
+
+
+def test_pusher_objects_and_no_shadows():
+    env = make_env("pusher", image_size=32)
+    _, info = env.reset(seed=0)
+    assert set(info["positions"]) == {"fingertip", "object", "goal"}
+    assert info["proprio"].shape == (14,)
+    assert not env.unwrapped.model.light_castshadow.any()
+    assert env.render().shape == (32, 32, 3)
+    for obj in ("object", "goal"):
+        u, v = info["pixels"][obj]
+        assert 0 <= u <= 31 and 0 <= v <= 31, f"{obj} is outside the pusher framing"
+    env.close()
+
+
+def test_object_radius_is_visual_only():
+    stock, big = make_env("reacher"), make_env("reacher", object_radius=0.03)
+    for geom in ENV_SPECS["reacher"].marker_geoms:
+        gid = mujoco.mj_name2id(big.unwrapped.model, mujoco.mjtObj.mjOBJ_GEOM, geom)
+        assert big.unwrapped.model.geom_size[gid, 0] == 0.03
+    np.testing.assert_array_equal(stock.unwrapped.model.body_mass, big.unwrapped.model.body_mass)
+    stock.reset(seed=0), big.reset(seed=0)
+    a = np.array([0.5, -0.5], dtype=np.float32)
+    for _ in range(5):
+        o1, *_ = stock.step(a)
+        o2, *_ = big.step(a)
+    np.testing.assert_allclose(o1, o2)

@@ -1,0 +1,96 @@
+"""The DSAE model: shapes, image conversion, decoders, loss, configuration errors."""
+
+import pytest
+import torch
+
+from dsae.model import (
+    DeepSpatialAutoencoder,
+    ModelConfig,
+    gaussian_maps,
+    gray_target,
+    to_float_images,
+)
+
+
+def test_paper_shapes_240px():
+    """Finn et al. 2016: 240x240 input -> 109x109 feature maps, 16 keypoints, 60x60 recon."""
+    model = DeepSpatialAutoencoder(ModelConfig(recon_size=60), 240)
+    assert model.feature_size == (109, 109)
+    kp, recon = model(torch.zeros(2, 240, 240, 3, dtype=torch.uint8))
+    assert kp.shape == (2, 16, 2) and recon.shape == (2, 60, 60)
+
+
+def test_image_conversion():
+    images = torch.randint(0, 256, (2, 5, 7, 3), dtype=torch.uint8)
+    x = to_float_images(images)
+    assert x.shape == (2, 3, 5, 7) and x.dtype == torch.float32
+    torch.testing.assert_close(x[1, 2, 4, 6], images[1, 4, 6, 2].float() / 255)
+    with pytest.raises(ValueError, match="uint8 images"):
+        to_float_images(torch.zeros(2, 3, 5, 5, dtype=torch.uint8))
+
+
+def test_gray_target_values():
+    red = torch.zeros(1, 8, 8, 3, dtype=torch.uint8)
+    red[..., 0] = 255
+    torch.testing.assert_close(gray_target(red, 4), torch.full((1, 4, 4), 0.299))
+
+
+def test_gaussian_maps_peak_at_keypoints():
+    kp = torch.tensor([[[-1.0, -1.0], [1.0, 0.0]]])  # top-left; right edge, middle row
+    maps = gaussian_maps(kp, 9, 0.1)
+    assert maps.shape == (1, 2, 9, 9)
+    assert maps[0, 0].argmax() == 0
+    assert divmod(int(maps[0, 1].argmax()), 9) == (4, 8)
+
+
+@pytest.mark.parametrize("decoder", ["fc", "gaussian"])
+def test_loss_decreases(decoder):
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=[8, 4], kernels=[5, 3], strides=[2, 1], num_keypoints=4, recon_size=8,
+                      decoder=decoder, decoder_channels=8)
+    model = DeepSpatialAutoencoder(cfg, 24)
+    # One black-and-white pattern, far from the decoder's flat mid-grey start.
+    triples = (torch.rand(1, 1, 3, 3, 1) > 0.5).to(torch.uint8).mul(255).expand(4, 3, -1, -1, -1)
+    triples = triples.repeat_interleave(8, 2).repeat_interleave(8, 3).expand(-1, -1, -1, -1, 3).contiguous()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        loss, parts = model.loss(triples)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.5 * first
+    assert model.encoder.features[0].weight.grad.abs().sum() > 0, "the encoder gets gradients too"
+    assert set(parts) == {"loss", "recon_mse", "slow"}
+
+
+def test_slow_term_is_zero_for_constant_velocity():
+    cfg = ModelConfig(channels=[4], kernels=[3], strides=[1], num_keypoints=4, recon_size=4, slow_weight=1.0)
+    model = DeepSpatialAutoencoder(cfg, 8)
+    frame = torch.randint(0, 256, (1, 1, 8, 8, 3), dtype=torch.uint8)
+    _, parts = model.loss(frame.repeat(1, 3, 1, 1, 1))  # same frame thrice: zero acceleration
+    assert float(parts["slow"]) == pytest.approx(0.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_keypoints=8), "project=true"),
+    (dict(padding="full"), "padding"),
+    (dict(norm="layer"), "norm"),
+    (dict(decoder="transformer"), "decoder"),
+    (dict(kernels=[7, 5]), "equal length"),
+])
+def test_bad_model_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DeepSpatialAutoencoder(ModelConfig(**kwargs), 64)
+
+
+def test_projection_to_k_keypoints():
+    model = DeepSpatialAutoencoder(ModelConfig(num_keypoints=8, project=True), 64)
+    kp, _ = model(torch.zeros(1, 64, 64, 3, dtype=torch.uint8))
+    assert kp.shape == (1, 8, 2)
+
+
+def test_too_small_image_is_rejected():
+    with pytest.raises(ValueError, match="too small"):
+        DeepSpatialAutoencoder(ModelConfig(), 20)

@@ -1,0 +1,89 @@
+"""The spatial soft-argmax: convention, numerics, gradients, converters."""
+
+import numpy as np
+import pytest
+import torch
+
+from dsae.spatial_softmax import SpatialSoftmax, from_pixels, presence, spatial_soft_argmax, to_pixels
+
+
+def numpy_soft_argmax(features: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Independent reference: full-grid expectation in float64. (B, C, H, W) -> (B, C, 2)."""
+    b, c, h, w = features.shape
+    logits = features.reshape(b, c, -1).astype(np.float64) / temperature
+    logits -= logits.max(-1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(-1, keepdims=True)
+    ys, xs = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    return np.stack([p @ xs.ravel(), p @ ys.ravel()], -1)
+
+
+@pytest.mark.parametrize("h, w", [(9, 9), (7, 12), (21, 21)])
+def test_peak_lands_at_its_pixel(h, w):
+    """A sharp peak at (row r, column c) gives x = -1 + 2c/(W-1), y = -1 + 2r/(H-1)."""
+    r, c = 2, w - 3
+    features = torch.full((1, 1, h, w), -1e4)
+    features[0, 0, r, c] = 0.0
+    kp = spatial_soft_argmax(features)
+    expected = torch.tensor([-1 + 2 * c / (w - 1), -1 + 2 * r / (h - 1)])
+    torch.testing.assert_close(kp[0, 0], expected)
+    torch.testing.assert_close(to_pixels(kp, h, w)[0, 0], torch.tensor([float(c), float(r)]))
+
+
+def test_corners_are_plus_minus_one():
+    f = torch.full((1, 2, 5, 8), -1e4)
+    f[0, 0, 0, 0] = 0  # top-left
+    f[0, 1, 4, 7] = 0  # bottom-right
+    torch.testing.assert_close(spatial_soft_argmax(f)[0], torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 4.0])
+def test_matches_numpy_reference(temperature):
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(3, 4, 6, 11)).astype(np.float32) * 3
+    ours = spatial_soft_argmax(torch.from_numpy(f), temperature).numpy()
+    np.testing.assert_allclose(ours, numpy_soft_argmax(f, temperature), atol=1e-5)
+
+
+def test_large_logits_and_half_precision_are_finite():
+    f = torch.randn(2, 3, 8, 8) * 1e4
+    assert torch.isfinite(spatial_soft_argmax(f)).all()
+    for dtype in (torch.float16, torch.bfloat16):
+        kp = spatial_soft_argmax(torch.randn(2, 3, 8, 8).to(dtype) * 100)
+        assert kp.dtype == torch.float32 and torch.isfinite(kp).all()
+
+
+def test_gradcheck_float64():
+    f = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: spatial_soft_argmax(a, b), (f, t))
+
+
+def test_module_temperature_learned_or_fixed():
+    learned, fixed = SpatialSoftmax(2.0), SpatialSoftmax(2.0, learn_temperature=False)
+    assert [n for n, _ in learned.named_parameters()] == ["log_temperature"]
+    assert list(fixed.parameters()) == []
+    torch.testing.assert_close(learned.temperature, torch.tensor(2.0))
+    f = torch.randn(1, 3, 4, 4)
+    torch.testing.assert_close(learned(f), spatial_soft_argmax(f, 2.0))
+    kp, attn = learned(f, return_attention=True)
+    torch.testing.assert_close(attn.sum((-1, -2)), torch.ones(1, 3))
+    with pytest.raises(ValueError, match="temperature"):
+        SpatialSoftmax(0.0)
+
+
+def test_pixel_converters_are_inverse():
+    kp = torch.rand(4, 5, 2) * 2 - 1
+    torch.testing.assert_close(from_pixels(to_pixels(kp, 30, 50), 30, 50), kp)
+
+
+def test_presence_is_high_for_peaks():
+    f = torch.zeros(1, 2, 6, 6)
+    f[0, 0, 3, 3] = 50.0
+    p = presence(spatial_soft_argmax(f, return_attention=True)[1])
+    assert p[0, 0] > 0.99 and p[0, 1] < 0.05
+
+
+def test_wrong_rank_is_rejected():
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        spatial_soft_argmax(torch.zeros(3, 4, 4))
