@@ -92,15 +92,13 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
 def test_resume_latest_finds_the_unfinished_run(tmp_path):
     """train.resume=true picks the newest unfinished run under outputs/ (relative to the cwd)."""
-    args = tiny_overrides(tmp_path, "first", 30) + ["logger=none", f"data.dir={tmp_path / 'data'}"]
-    script("train.py", *args)
-    (tmp_path / "first" / "metrics.json").unlink()  # as if it was killed after its last checkpoint
-    (tmp_path / "outputs").mkdir()
-    (tmp_path / "outputs" / "first").symlink_to(tmp_path / "first")
+    first = tmp_path / "outputs" / "first"
+    script("train.py", *tiny_overrides(tmp_path, "outputs/first", 30), "logger=none")
+    (first / "metrics.json").unlink()  # as if it was killed after its last checkpoint
     proc = script("train.py", *tiny_overrides(tmp_path, "second", 30), "logger=none", "train.resume=true",
                   cwd=tmp_path)
-    assert "resuming" in proc.stdout
-    assert (tmp_path / "first" / "metrics.json").exists()
+    assert f"resuming {Path('outputs') / 'first'}" in proc.stdout
+    assert (first / "metrics.json").exists() and not (tmp_path / "second" / "metrics.json").exists()
 
 
 def test_bad_input_fails_before_any_work(tmp_path):
