@@ -10,9 +10,12 @@ set ``MUJOCO_GL=osmesa`` (needs ``libosmesa6``) or ``MUJOCO_GL=glfw`` (needs a d
 to override it.
 """
 
+import logging
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+# PyOpenGL logs an INFO line about an optional accelerator module on every import.
+logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)
 
 from envs.core import (  # noqa: E402
     ENV_SPECS,

@@ -68,6 +68,7 @@ class EnvConfig:
     camera_id: Optional[int] = None  # only null/-1 (the free camera, which has a known matrix)
     shadows: Optional[bool] = None  # None: the spec's choice (pusher: off, for speed)
     object_radius: Optional[float] = None  # draw the marker spheres this big (m); None: stock
+    geom_rgba: dict[str, list[float]] = field(default_factory=dict)  # recolour geoms by name (visual only)
     randomize_arm: bool = False  # reset the arm's joints uniformly over their range
     max_episode_steps: Optional[int] = None  # None: the gymnasium default (50 for reacher)
 
@@ -199,6 +200,9 @@ def _resolve(config: EnvConfig) -> tuple[EnvSpec, EnvConfig]:
         raise ValueError(f"env.camera_lookat must be 3 numbers (x, y, z), got {config.camera_lookat}")
     if config.object_radius is not None and not config.object_radius > 0:
         raise ValueError(f"env.object_radius must be > 0 metres or null, got {config.object_radius}")
+    for geom, rgba in config.geom_rgba.items():
+        if len(rgba) != 4 or not all(0.0 <= float(c) <= 1.0 for c in rgba):
+            raise ValueError(f"env.geom_rgba.{geom} must be 4 numbers in [0, 1] (r, g, b, a), got {list(rgba)}")
     if config.max_episode_steps is not None and config.max_episode_steps < 1:
         raise ValueError(f"env.max_episode_steps must be >= 1, got {config.max_episode_steps}")
     # MuJoCo aborts the whole process on a bad camera id, so no id ever reaches it: the
@@ -250,8 +254,16 @@ def make_env(name: str | EnvConfig = "reacher", **overrides: Any) -> GroundTruth
     if not shadows:
         model.light_castshadow[:] = 0
         model.vis.quality.shadowsize = 0
+    import mujoco
+
+    for geom, rgba in config.geom_rgba.items():
+        gid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, geom)
+        if gid < 0:
+            names = sorted(model.geom(i).name for i in range(model.ngeom) if model.geom(i).name)
+            env.close()
+            raise ValueError(f"env.geom_rgba: the {config.name} model has no geom {geom!r}; its geoms: {names}")
+        model.geom_rgba[gid] = rgba
     if config.object_radius is not None:
-        import mujoco
 
         for geom in spec.marker_geoms:
             gid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, geom)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsae.spatial_softmax import SpatialSoftmax, from_pixels, presence, spatial_soft_argmax, to_pixels
+from dsae.spatial_softmax import SpatialSoftmax, from_pixels, spatial_soft_argmax, spatial_soft_argmax_full, to_pixels
 
 
 def numpy_soft_argmax(features: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -66,7 +66,7 @@ def test_module_temperature_learned_or_fixed():
     torch.testing.assert_close(learned.temperature, torch.tensor(2.0))
     f = torch.randn(1, 3, 4, 4)
     torch.testing.assert_close(learned(f), spatial_soft_argmax(f, 2.0))
-    kp, attn = learned(f, return_attention=True)
+    attn = learned(f, return_attention=True).attention
     torch.testing.assert_close(attn.sum((-1, -2)), torch.ones(1, 3))
     with pytest.raises(ValueError, match="temperature"):
         SpatialSoftmax(0.0)
@@ -78,12 +78,16 @@ def test_pixel_converters_are_inverse():
 
 
 def test_presence_is_high_for_peaks():
-    f = torch.zeros(1, 2, 6, 6)
-    f[0, 0, 3, 3] = 50.0
-    p = presence(spatial_soft_argmax(f, return_attention=True)[1])
-    assert p[0, 0] > 0.99 and p[0, 1] < 0.05
+    f = torch.zeros(1, 2, 20, 20)
+    f[0, 0, 3, 3] = 50.0  # a sharp peak
+    p = spatial_soft_argmax_full(f, return_presence=True).presence
+    assert p[0, 0] > 0.99
+    # A flat map: the 3x3 window around the centre holds 9 of 400 cells' mass.
+    torch.testing.assert_close(p[0, 1], torch.tensor(9 / 400))
 
 
 def test_wrong_rank_is_rejected():
-    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+    with pytest.raises(ValueError, match="NCHW needs a 4-D tensor"):
         spatial_soft_argmax(torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError, match="unknown data_format"):
+        spatial_soft_argmax(torch.zeros(1, 3, 4, 4), data_format="CHWN")
