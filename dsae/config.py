@@ -20,7 +20,7 @@ class DataConfig:
     """Where the dataset lives and how it is collected."""
 
     dir: Optional[str] = None  # None: data/<env>-<hash of the settings below and env/>
-    episodes: int = 200
+    episodes: int = 400
     workers: int = 2  # parallel env processes (gymnasium AsyncVectorEnv); 1 = in-process
     seed: int = 0
     policy: str = "pd"  # "pd": PD control to random joint targets; "random": uniform actions

@@ -21,23 +21,24 @@ GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 
 @dataclass
 class ModelConfig:
-    """Architecture and loss settings (paper defaults in ``configs/model/finn2016.yaml``)."""
+    """Architecture and loss settings; the defaults are ``configs/model/default.yaml``
+    (the paper's values are ``configs/model/finn2016.yaml``)."""
 
     channels: list[int] = field(default_factory=lambda: [64, 32, 16])
     kernels: list[int] = field(default_factory=lambda: [7, 5, 5])
     strides: list[int] = field(default_factory=lambda: [2, 1, 1])
     padding: str = "valid"  # "valid" (paper) or "same"
-    norm: str = "none"  # "none", "batch" or "group"
+    norm: str = "batch"  # "none" (paper), "batch" or "group"
     num_keypoints: int = 16  # K; must equal channels[-1] unless project is true
     project: bool = False  # a 1x1 conv from channels[-1] to num_keypoints
-    temperature: float = 1.0
+    temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
     learn_temperature: bool = True
     recon_size: int = 32  # side of the grayscale reconstruction target
     decoder: str = "fc"  # "fc" (the paper's) or "gaussian" (keypoints drawn as maps, then convs)
-    decoder_hidden: list[int] = field(default_factory=list)  # fc: [] = the paper's single linear layer
+    decoder_hidden: list[int] = field(default_factory=lambda: [512])  # fc: [] = the paper's single linear layer
     decoder_channels: int = 64  # gaussian: width of its conv layers
     decoder_sigma: float = 0.1  # gaussian: blob std in normalised units ([-1, 1] spans the image)
-    slow_weight: float = 1.0  # weight of g_slow in the loss
+    slow_weight: float = 0.01  # weight of g_slow in the loss (paper: 1.0)
 
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:

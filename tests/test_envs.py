@@ -125,3 +125,15 @@ def test_object_radius_is_visual_only():
         o1, *_ = stock.step(a)
         o2, *_ = big.step(a)
     np.testing.assert_allclose(o1, o2)
+
+
+def test_geom_rgba_recolours_and_validates():
+    env = make_env("reacher", image_size=64, object_radius=0.03, geom_rgba={"target": [0.0, 0.0, 1.0, 1.0]})
+    _, info = env.reset(seed=0)
+    u, v = info["pixels"]["target"]
+    r, g, b = env.render()[int(round(v)), int(round(u))].astype(int)
+    assert b > r + 50 and b > g + 50, "the target is drawn blue"
+    with pytest.raises(ValueError, match="no geom 'targt'.*target"):
+        make_env("reacher", geom_rgba={"targt": [1.0, 1.0, 1.0, 1.0]})
+    with pytest.raises(ValueError, match="4 numbers in"):
+        make_env("reacher", geom_rgba={"target": [2.0, 0.0, 0.0]})
