@@ -25,6 +25,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/spatial_softmax.py
+	$(PY) bench/render.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -4,17 +4,39 @@ Public API::
 
     from dsae import DeepSpatialAutoencoder, SpatialSoftmax, load_encoder
     encoder = load_encoder("outputs/<run>/checkpoints/last.pt")  # uint8 (B, H, W, 3) -> (B, K, 2)
+    keypoints = dsae.spatial_soft_argmax(features)                # (B, C, H, W) -> (B, C, 2)
 """
 
+from dsae import numpy_ref
 from dsae.api import KeypointEncoder, load_encoder
 from dsae.model import DeepSpatialAutoencoder, ModelConfig
-from dsae.spatial_softmax import SpatialSoftmax, spatial_soft_argmax
+from dsae.spatial_softmax import (
+    SoftArgmaxResult,
+    SpatialSoftmax,
+    from_kornia,
+    from_pixels,
+    from_tf_contrib,
+    spatial_soft_argmax,
+    spatial_soft_argmax_full,
+    to_kornia,
+    to_pixels,
+    to_tf_contrib,
+)
 
 __all__ = [
     "DeepSpatialAutoencoder",
     "KeypointEncoder",
     "ModelConfig",
+    "SoftArgmaxResult",
     "SpatialSoftmax",
+    "from_kornia",
+    "from_pixels",
+    "from_tf_contrib",
     "load_encoder",
+    "numpy_ref",
     "spatial_soft_argmax",
+    "spatial_soft_argmax_full",
+    "to_kornia",
+    "to_pixels",
+    "to_tf_contrib",
 ]

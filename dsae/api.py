@@ -18,7 +18,8 @@ class KeypointEncoder(nn.Module):
     """A trained DSAE encoder: images -> keypoints (B, K, 2) in the DESIGN.md convention.
 
     Accepts uint8 (B, H, W, 3) (as envs and datasets give them) or float (B, 3, H, W) in
-    [0, 1], at the training image size; inputs are moved to the encoder's device.
+    [0, 1], at the training image size; inputs are moved to the encoder's device. Keyword
+    options (``return_attention``, ``return_presence``, ...) are those of SpatialSoftmax.
     """
 
     def __init__(self, encoder: Encoder, image_size: int):
@@ -31,14 +32,14 @@ class KeypointEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def forward(self, images: torch.Tensor, return_attention: bool = False):
+    def forward(self, images: torch.Tensor, **outputs):
         images = torch.as_tensor(images).to(self.device)
         h, w = (images.shape[1:3] if images.dtype == torch.uint8 else images.shape[2:4])
         if (h, w) != (self.image_size, self.image_size):
             raise ValueError(
                 f"this encoder was trained on {self.image_size}x{self.image_size} images, got {h}x{w}; "
                 f"render at env.image_size={self.image_size} or resize first")
-        return self.encoder(to_float_images(images), return_attention=return_attention)
+        return self.encoder(to_float_images(images), **outputs)
 
 
 def load_model(path: Path | str, device: Optional[str | torch.device] = None) -> tuple[DeepSpatialAutoencoder, dict]:

@@ -53,6 +53,22 @@ class LoggerConfig:
 
 
 @dataclass
+class VisConfig:
+    """scripts/visualize.py: videos of fresh rollouts with tracked keypoints."""
+
+    fps: int = 10
+    scale: int = 4  # the camera frame is enlarged this many times
+    trail: int = 8  # steps of trail behind each keypoint
+    top_k: Optional[int] = None  # keep only the k most present keypoints (others drawn dimmed)
+    presence_threshold: Optional[float] = None  # keep keypoints at least this present
+    process_std: float = 0.02  # Kalman filter: acceleration noise per step (normalised units)
+    measurement_std: float = 0.03  # Kalman filter: keypoint noise (normalised units)
+    sheet_frames: int = 8  # frames in each contact sheet
+    temperatures: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.3, 1.0])
+    seed: int = 1000  # episodes use seeds seed, seed + 1, ... (not the training seeds)
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -61,7 +77,9 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
-    checkpoint: Optional[str] = None  # for evaluate.py: the checkpoint to score
+    checkpoint: Optional[str] = None  # evaluate.py / visualize.py: the checkpoint (or run folder)
+    episodes: int = 3  # visualize.py: fresh episodes to film
+    vis: VisConfig = field(default_factory=VisConfig)
 
 
 def register() -> None:

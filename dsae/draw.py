@@ -1,19 +1,24 @@
-"""Images for people: keypoints drawn on frames, and reconstruction panels.
+"""Images for people: keypoints and their tracks drawn on frames, heatmaps, reconstructions.
 
 Keypoints arrive in the DESIGN.md convention (normalised (x, y) in [-1, 1]) and are drawn
-at pixel (column, row) = :func:`dsae.spatial_softmax.to_pixels`. Colours are fixed per
-keypoint index, so keypoint k has the same colour in every image and video.
+at pixel (column, row) = :func:`dsae.spatial_softmax.to_pixels`, scaled with the frame.
+Colours are fixed per keypoint index, so keypoint k has the same colour everywhere.
+Drawing keys: a raw keypoint is a filled dot with a thin trail; a Kalman-filtered one is
+a ring with a thicker trail; pruned (not present) keypoints are drawn dimmed; a white
+cross marks each ground-truth object position.
 """
 
 from __future__ import annotations
 
 import colorsys
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
-from dsae._torchvision import draw_keypoints, make_grid
+from dsae._torchvision import make_grid
 from dsae.spatial_softmax import to_pixels
 
 
@@ -22,26 +27,100 @@ def keypoint_colors(k: int) -> list[tuple[int, int, int]]:
     return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(k, 1), 0.9, 1.0)) for i in range(k)]
 
 
+def _dim(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    return tuple(int(0.35 * c + 0.65 * 110) for c in color)
+
+
+def _scaled_pixels(keypoints: np.ndarray, h: int, w: int, scale: int) -> np.ndarray:
+    """Normalised (..., 2) -> (column, row) in a frame enlarged ``scale`` times (nearest):
+    pixel centre c of the small frame is at c * scale + (scale - 1) / 2 in the big one."""
+    px = to_pixels(torch.as_tensor(np.asarray(keypoints), dtype=torch.float32), h, w).numpy()
+    return px * scale + (scale - 1) / 2.0
+
+
+def enlarge(frame: np.ndarray, scale: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> (H*scale, W*scale, 3), nearest neighbour."""
+    return np.repeat(np.repeat(frame, scale, axis=0), scale, axis=1)
+
+
+def draw_tracks(frame: np.ndarray, raw: np.ndarray, filtered: Optional[np.ndarray] = None,
+                keep: Optional[np.ndarray] = None, truth: Optional[Sequence[np.ndarray]] = None,
+                scale: int = 4, radius: int = 2) -> np.ndarray:
+    """Draw keypoint tracks on a frame.
+
+    frame: uint8 (H, W, 3). raw / filtered: normalised keypoint histories (T, K, 2), the
+    current position last (T = 1: no trail). keep: bool (K,), False draws a keypoint dimmed.
+    truth: ground-truth pixel positions (u, v) in the small frame. Returns uint8 (H*s, W*s, 3).
+    """
+    h, w = frame.shape[:2]
+    image = Image.fromarray(enlarge(frame, scale))
+    draw = ImageDraw.Draw(image)
+    k = raw.shape[1]
+    colors = keypoint_colors(k)
+    keep = np.ones(k, dtype=bool) if keep is None else np.asarray(keep)
+    raw_px = _scaled_pixels(raw, h, w, scale)
+    filt_px = _scaled_pixels(filtered, h, w, scale) if filtered is not None else None
+    for i in range(k):
+        color = colors[i] if keep[i] else _dim(colors[i])
+        if len(raw_px) > 1:
+            draw.line([tuple(p) for p in raw_px[:, i]], fill=color, width=1)
+        x, y = raw_px[-1, i]
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color)
+        if filt_px is not None:
+            if len(filt_px) > 1:
+                draw.line([tuple(p) for p in filt_px[:, i]], fill=color, width=2)
+            x, y = filt_px[-1, i]
+            r = radius + 2
+            draw.ellipse([x - r, y - r, x + r, y + r], outline=color, width=1)
+    for u, v in truth if truth is not None else []:
+        x, y = u * scale + (scale - 1) / 2.0, v * scale + (scale - 1) / 2.0
+        arm = 2 * radius + 1
+        draw.line([(x - arm, y), (x + arm, y)], fill=(255, 255, 255), width=1)
+        draw.line([(x, y - arm), (x, y + arm)], fill=(255, 255, 255), width=1)
+    return np.asarray(image)
+
+
 def overlay_keypoints(frames: np.ndarray | torch.Tensor, keypoints: torch.Tensor, scale: int = 4,
                       radius: int = 2) -> torch.Tensor:
-    """Draw each frame's keypoints. frames uint8 (B, H, W, 3), keypoints (B, K, 2) normalised.
+    """Each frame with its keypoints. frames uint8 (B, H, W, 3), keypoints (B, K, 2) normalised.
+    Returns uint8 (B, 3, H*scale, W*scale)."""
+    frames = np.asarray(torch.as_tensor(frames).cpu())
+    kp = keypoints.detach().float().cpu().numpy()
+    drawn = [draw_tracks(f, kp[i][None], scale=scale, radius=radius) for i, f in enumerate(frames)]
+    return torch.from_numpy(np.stack(drawn)).permute(0, 3, 1, 2)
 
-    Frames are enlarged ``scale`` times (nearest) first. Returns uint8 (B, 3, H*scale, W*scale).
-    """
-    frames = torch.as_tensor(frames)
-    b, h, w, _ = frames.shape
-    images = frames.permute(0, 3, 1, 2)
-    if scale != 1:
-        images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    # A point at pixel centre (c, r) of the small image lies at centre (c*s + (s-1)/2) of the big one.
-    pixels = to_pixels(keypoints.detach().float().cpu(), h, w) * scale + (scale - 1) / 2.0
-    colors = keypoint_colors(keypoints.shape[1])
-    out = []
-    for img, points in zip(images, pixels):
-        for k, color in enumerate(colors):  # draw_keypoints takes one colour per call
-            img = draw_keypoints(img, points[None, k:k + 1], colors=color, radius=radius)
-        out.append(img)
-    return torch.stack(out)
+
+def heat_colors(values: np.ndarray) -> np.ndarray:
+    """[0, 1] -> uint8 RGB on a black-red-yellow-white ramp (..., 3)."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    rgb = np.concatenate([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], axis=-1)
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def heatmap_grid(attention: np.ndarray | torch.Tensor, ncols: int, cell: int, pad: int = 2) -> np.ndarray:
+    """Per-keypoint attention maps (K, h, w), each scaled to [0, 1], in a grid of ``cell``-pixel
+    tiles with a thin border in the keypoint's colour. Returns uint8 (rows*(cell+2p), ncols*(cell+2p), 3)."""
+    att = torch.as_tensor(attention).detach().float().cpu()
+    k = att.shape[0]
+    lo = att.flatten(1).amin(1).view(k, 1, 1)
+    hi = att.flatten(1).amax(1).view(k, 1, 1)
+    scaled = ((att - lo) / (hi - lo).clamp_min(1e-12)).unsqueeze(1)
+    tiles = F.interpolate(scaled, size=(cell, cell), mode="nearest").squeeze(1).numpy()
+    rows = -(-k // ncols)
+    size = cell + 2 * pad
+    out = np.zeros((rows * size, ncols * size, 3), dtype=np.uint8)
+    for i, (tile, color) in enumerate(zip(tiles, keypoint_colors(k))):
+        r, c = divmod(i, ncols)
+        out[r * size:(r + 1) * size, c * size:(c + 1) * size] = color
+        out[r * size + pad:r * size + pad + cell, c * size + pad:c * size + pad + cell] = heat_colors(tile)
+    return out
+
+
+def gray_image(image: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
+    """A grayscale image (h, w) in [0, 1] -> uint8 (size, size, 3), nearest-neighbour resized."""
+    x = torch.as_tensor(image).detach().float().cpu().clamp(0, 1)[None, None]
+    x = F.interpolate(x, size=(size, size), mode="nearest")[0, 0].numpy()
+    return np.repeat((x * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
 
 
 def reconstruction_panel(target: torch.Tensor, recon: torch.Tensor, size: int) -> np.ndarray:

@@ -62,6 +62,13 @@ class Logger:
             self.wandb_run.log({name: wandb.Image(str(path))}, step=step)
         return path
 
+    def video(self, name: str, path: Path, step: int) -> None:
+        """Log an MP4 file as it is (wandb copies the file; no moviepy needed)."""
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({name: wandb.Video(str(path), format="mp4")}, step=step)
+
     def summary(self, values: dict[str, Any]) -> None:
         if self.wandb_run is not None:
             for k, v in values.items():

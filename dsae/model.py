@@ -97,8 +97,10 @@ class Encoder(nn.Module):
         self.softmax_channels = cfg.num_keypoints
         self.softmax = SpatialSoftmax(cfg.temperature, cfg.learn_temperature)
 
-    def forward(self, images: torch.Tensor, return_attention: bool = False):
-        return self.softmax(self.features(to_float_images(images)), return_attention=return_attention)
+    def forward(self, images: torch.Tensor, **outputs):
+        """Keypoints; with ``return_attention``/``return_presence``/... (see SpatialSoftmax) a
+        SoftArgmaxResult."""
+        return self.softmax(self.features(to_float_images(images)), **outputs)
 
 
 class FCDecoder(nn.Module):

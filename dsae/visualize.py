@@ -1,0 +1,200 @@
+"""Watch a trained model: rollout videos with tracked keypoints, contact sheets, temperature panels.
+
+``visualize(checkpoint, out_dir, vis_cfg, episodes)`` rolls out fresh episodes of the
+checkpoint's env (random actions), and writes per episode ``episode_<i>.mp4``: side by side,
+the camera frame with keypoints (fixed colours, trails; raw dots and Kalman-filtered rings;
+pruned keypoints dimmed; ground truth as white crosses), the decoder's reconstruction from
+the keypoints, and the per-keypoint attention maps (each scaled to [0, 1]). Also
+``episode_<i>_sheet.png`` (evenly spaced frames of that video), ``temperature_panel.png``
+(one frame's attention at several softmax temperatures) and ``tracking.json`` (mean pixel
+error of the keypoint nearest to each object, raw and filtered).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+
+from dsae.config import VisConfig
+from dsae.draw import draw_tracks, enlarge, gray_image, heatmap_grid
+from dsae.model import to_float_images
+from dsae.spatial_softmax import spatial_soft_argmax_full, to_pixels
+from dsae.tracking import KeypointKalmanFilter, prune
+
+
+def _pad16(image: np.ndarray) -> np.ndarray:
+    """Pad to multiples of 16 pixels (what H.264 encoders want) with black."""
+    h, w = image.shape[:2]
+    out = np.zeros((-(-h // 16) * 16, -(-w // 16) * 16, 3), dtype=np.uint8)
+    out[:h, :w] = image
+    return out
+
+
+def write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> Path:
+    """uint8 (H, W, 3) frames -> an H.264 MP4 through imageio-ffmpeg (no moviepy needed).
+    Frames are padded with black to multiples of 16 pixels."""
+    import imageio_ffmpeg
+
+    frames = [_pad16(f) for f in frames]
+    h, w = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264", quality=8,
+                                         macro_block_size=16, ffmpeg_log_level="error")
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return Path(path)
+
+
+def read_mp4(path: Path | str) -> list[np.ndarray]:
+    """Decode an MP4 back into uint8 (H, W, 3) frames."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    w, h = next(reader)["size"]
+    return [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in reader]
+
+
+def rollout(env, steps: Optional[int], seed: int) -> dict[str, np.ndarray]:
+    """One episode with uniform random actions: frames (T, H, W, 3) and ground-truth pixels."""
+    _, info = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    frames, pixels = [env.render()], [info["pixels"]]
+    while steps is None or len(frames) <= steps:
+        _, _, terminated, truncated, info = env.step(env.action_space.sample())
+        frames.append(env.render())
+        pixels.append(info["pixels"])
+        if terminated or truncated:
+            break
+    return {"frames": np.stack(frames),
+            "pixels": {o: np.stack([p[o] for p in pixels]) for o in pixels[0]}}
+
+
+@torch.no_grad()
+def track_episode(model, frames: np.ndarray, cfg: VisConfig, device: torch.device) -> dict[str, np.ndarray]:
+    """Encode an episode's frames: keypoints, presence, keep mask, filtered tracks, attention, recon."""
+    images = torch.from_numpy(frames).to(device)
+    res = model.encoder(images, return_attention=True, return_presence=True)
+    keep = prune(res.presence, cfg.top_k, cfg.presence_threshold)
+    kalman = KeypointKalmanFilter(cfg.process_std, cfg.measurement_std)
+    filtered = torch.stack([kalman.update(res.keypoints[t:t + 1], keep[t:t + 1])[0] for t in range(len(frames))])
+    return {
+        "keypoints": res.keypoints.cpu().numpy(), "filtered": filtered.cpu().numpy(),
+        "presence": res.presence.cpu().numpy(), "keep": keep.cpu().numpy(),
+        "attention": res.attention.cpu().numpy(), "recon": model.decoder(res.keypoints).cpu().numpy(),
+    }
+
+
+def compose_frame(frame: np.ndarray, tracks: dict[str, np.ndarray], t: int, truth: list[np.ndarray],
+                  cfg: VisConfig) -> np.ndarray:
+    """One video frame: keypoints on the camera frame | reconstruction | attention grid."""
+    start = max(0, t - cfg.trail)
+    left = draw_tracks(frame, tracks["keypoints"][start:t + 1], tracks["filtered"][start:t + 1],
+                       tracks["keep"][t], truth, scale=cfg.scale)
+    side = left.shape[0]
+    recon = gray_image(tracks["recon"][t], side)
+    k = tracks["attention"].shape[1]
+    ncols = int(np.ceil(np.sqrt(k)))
+    cell = max(8, side // ncols - 4)
+    heat = heatmap_grid(tracks["attention"][t], ncols, cell)
+    heat_panel = np.zeros((side, heat.shape[1], 3), dtype=np.uint8)
+    heat_panel[:min(side, heat.shape[0])] = heat[:side]
+    gap = np.full((side, 4, 3), 255, dtype=np.uint8)
+    return np.concatenate([left, gap, recon, gap, heat_panel], axis=1)
+
+
+def nearest_keypoint_errors(keypoints: np.ndarray, filtered: np.ndarray, pixels: dict[str, np.ndarray],
+                            size: int) -> dict[str, dict]:
+    """For each object, the keypoint whose track is nearest to it on average, and the mean
+    pixel error of that keypoint, raw and Kalman-filtered."""
+    raw_px = to_pixels(torch.from_numpy(keypoints).float(), size, size).numpy()
+    filt_px = to_pixels(torch.from_numpy(filtered).float(), size, size).numpy()
+    out = {}
+    for obj, truth in pixels.items():
+        dist = np.linalg.norm(raw_px - truth[:, None, :], axis=-1).mean(0)  # (K,)
+        k = int(dist.argmin())
+        out[obj] = {"keypoint": k, "raw_err_px": float(dist[k]),
+                    "filtered_err_px": float(np.linalg.norm(filt_px[:, k] - truth, axis=-1).mean())}
+    return out
+
+
+@torch.no_grad()
+def temperature_panel(model, frame: np.ndarray, temperatures: list[float], device: torch.device,
+                      cell: int = 48) -> np.ndarray:
+    """One frame (left) and its per-keypoint attention maps at each softmax temperature
+    (rows, in the given order; columns: keypoints), each map scaled to [0, 1]."""
+    features = model.encoder.features(to_float_images(torch.from_numpy(frame[None]).to(device)))
+    k = features.shape[1]
+    rows = [heatmap_grid(spatial_soft_argmax_full(features, t, return_attention=True).attention[0], k, cell)
+            for t in temperatures]
+    grid = np.concatenate(rows, axis=0)
+    photo = enlarge(frame, max(1, grid.shape[0] // frame.shape[0]))
+    column = np.full((grid.shape[0], photo.shape[1], 3), 255, dtype=np.uint8)
+    column[: photo.shape[0]] = photo[: grid.shape[0]]
+    return np.concatenate([column, np.full((grid.shape[0], 6, 3), 255, np.uint8), grid], axis=1)
+
+
+def visualize(checkpoint: str, out_dir: Path | str, cfg: VisConfig, episodes: int = 3,
+              device: Optional[str] = "auto", env_name: Optional[str] = None, logger=None,
+              progress: bool = True) -> dict:
+    """Write videos, contact sheets, a temperature panel and tracking.json into ``out_dir``."""
+    from tqdm import tqdm
+
+    from dsae.api import load_model
+    from dsae.config import from_dict
+    from dsae.device import resolve_device
+    from envs import make_env
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    model, state = load_model(checkpoint, device)
+    dev = resolve_device(device)
+    train_cfg = from_dict(state["config"])
+    if env_name is not None and env_name != train_cfg.env.name:
+        raise ValueError(f"the checkpoint was trained on env={train_cfg.env.name}, not env={env_name}; "
+                         f"drop the env override or pass a {env_name} checkpoint")
+    env = make_env(train_cfg.env)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"checkpoint": state["path"], "env": train_cfg.env.name, "episodes": []}
+    size = state["image_size"]
+    for e in range(episodes):
+        ep = rollout(env, None, cfg.seed + e)
+        tracks = track_episode(model, ep["frames"], cfg, dev)
+        objects = list(ep["pixels"])
+        video = []
+        for t in tqdm(range(len(ep["frames"])), desc=f"render episode {e}", unit="frame", disable=not progress):
+            truth = [ep["pixels"][o][t] for o in objects]
+            video.append(compose_frame(ep["frames"][t], tracks, t, truth, cfg))
+        path = write_mp4(out_dir / f"episode_{e}.mp4", video, cfg.fps)
+        picks = np.linspace(0, len(video) - 1, min(cfg.sheet_frames, len(video))).round().astype(int)
+        sheet = np.concatenate([np.concatenate([video[i], np.full((video[i].shape[0], 4, 3), 255, np.uint8)], 1)
+                                for i in picks], axis=0)
+        sheet_path = out_dir / f"episode_{e}_sheet.png"
+        imageio.imwrite(sheet_path, sheet)
+        errors = nearest_keypoint_errors(tracks["keypoints"], tracks["filtered"], ep["pixels"], size)
+        summary["episodes"].append({"video": str(path), "sheet": str(sheet_path), "frames": len(video),
+                                    "objects": errors})
+        if logger is not None:
+            logger.video(f"episode_{e}", path, step=e)
+            logger.image(f"sheet_{e}", sheet, step=e)
+    panel = temperature_panel(model, ep["frames"][len(ep["frames"]) // 2], cfg.temperatures, dev)
+    imageio.imwrite(out_dir / "temperature_panel.png", panel)
+    summary["temperature_panel"] = str(out_dir / "temperature_panel.png")
+    summary["temperatures"] = list(cfg.temperatures)
+    per_object = {}
+    for obj in summary["episodes"][0]["objects"]:
+        per_object[obj] = {
+            "raw_err_px": float(np.mean([ep["objects"][obj]["raw_err_px"] for ep in summary["episodes"]])),
+            "filtered_err_px": float(np.mean([ep["objects"][obj]["filtered_err_px"] for ep in summary["episodes"]])),
+            "keypoints": [ep["objects"][obj]["keypoint"] for ep in summary["episodes"]],
+        }
+    summary["objects"] = per_object
+    (out_dir / "tracking.json").write_text(json.dumps(summary, indent=2))
+    env.close()
+    return summary

@@ -1,0 +1,45 @@
+"""Film a trained model: `python scripts/visualize.py checkpoint=PATH env=reacher episodes=3`.
+
+Rolls out fresh episodes with random actions and writes, into this command's run folder,
+an MP4 per episode (keypoints with trails, raw and Kalman-filtered, on the camera frame;
+the reconstruction; the attention maps), a contact sheet PNG per episode, a temperature
+panel and tracking.json; all are logged to wandb (offline by default) as well.
+"""
+
+import json
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from dsae.config import register, to_config
+
+register()
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base=None)
+def main(cfg) -> None:
+    from pathlib import Path
+
+    from dsae.checkpoint import CheckpointError
+    from dsae.config import to_dict
+    from dsae.logger import Logger
+    from dsae.visualize import visualize
+
+    config = to_config(cfg)
+    if not config.checkpoint:
+        raise CheckpointError("no checkpoint given: pass checkpoint=PATH (a .pt file or a run folder)")
+    overrides = HydraConfig.get().overrides.task
+    env_name = config.env.name if any(o.startswith("env=") or o.startswith("env.name=") for o in overrides) else None
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    logger = Logger(config.logger, run_dir, to_dict(config), name=f"visualize-{run_dir.name}")
+    try:
+        summary = visualize(config.checkpoint, run_dir, config.vis, config.episodes, config.device,
+                            env_name=env_name, logger=logger)
+    finally:
+        logger.close()
+    print(json.dumps(summary["objects"], indent=2))
+    print(f"videos and sheets in {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
