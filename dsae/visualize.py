@@ -110,8 +110,8 @@ def compose_frame(frame: np.ndarray, tracks: dict[str, np.ndarray], t: int, trut
 
 def nearest_keypoint_errors(keypoints: np.ndarray, filtered: np.ndarray, pixels: dict[str, np.ndarray],
                             size: int) -> dict[str, dict]:
-    """For each object, the keypoint whose track is nearest to it on average, and the mean
-    pixel error of that keypoint, raw and Kalman-filtered."""
+    """For each object, the one keypoint index whose track is nearest to it on average over
+    all frames given (T, K, 2), and that keypoint's mean pixel error, raw and Kalman-filtered."""
     raw_px = to_pixels(torch.from_numpy(keypoints).float(), size, size).numpy()
     filt_px = to_pixels(torch.from_numpy(filtered).float(), size, size).numpy()
     out = {}
@@ -163,6 +163,7 @@ def visualize(checkpoint: str, out_dir: Path | str, cfg: VisConfig, episodes: in
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"checkpoint": state["path"], "env": train_cfg.env.name, "episodes": []}
     size = state["image_size"]
+    all_tracks, all_pixels = [], []
     for e in range(episodes):
         ep = rollout(env, None, cfg.seed + e)
         tracks = track_episode(model, ep["frames"], cfg, dev)
@@ -177,9 +178,9 @@ def visualize(checkpoint: str, out_dir: Path | str, cfg: VisConfig, episodes: in
                                 for i in picks], axis=0)
         sheet_path = out_dir / f"episode_{e}_sheet.png"
         imageio.imwrite(sheet_path, sheet)
-        errors = nearest_keypoint_errors(tracks["keypoints"], tracks["filtered"], ep["pixels"], size)
-        summary["episodes"].append({"video": str(path), "sheet": str(sheet_path), "frames": len(video),
-                                    "objects": errors})
+        all_tracks.append(tracks)
+        all_pixels.append(ep["pixels"])
+        summary["episodes"].append({"video": str(path), "sheet": str(sheet_path), "frames": len(video)})
         if logger is not None:
             logger.video(f"episode_{e}", path, step=e)
             logger.image(f"sheet_{e}", sheet, step=e)
@@ -187,14 +188,9 @@ def visualize(checkpoint: str, out_dir: Path | str, cfg: VisConfig, episodes: in
     imageio.imwrite(out_dir / "temperature_panel.png", panel)
     summary["temperature_panel"] = str(out_dir / "temperature_panel.png")
     summary["temperatures"] = list(cfg.temperatures)
-    per_object = {}
-    for obj in summary["episodes"][0]["objects"]:
-        per_object[obj] = {
-            "raw_err_px": float(np.mean([ep["objects"][obj]["raw_err_px"] for ep in summary["episodes"]])),
-            "filtered_err_px": float(np.mean([ep["objects"][obj]["filtered_err_px"] for ep in summary["episodes"]])),
-            "keypoints": [ep["objects"][obj]["keypoint"] for ep in summary["episodes"]],
-        }
-    summary["objects"] = per_object
+    summary["objects"] = nearest_keypoint_errors(
+        np.concatenate([t["keypoints"] for t in all_tracks]), np.concatenate([t["filtered"] for t in all_tracks]),
+        {o: np.concatenate([p[o] for p in all_pixels]) for o in all_pixels[0]}, size)
     (out_dir / "tracking.json").write_text(json.dumps(summary, indent=2))
     env.close()
     return summary

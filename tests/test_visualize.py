@@ -79,3 +79,16 @@ def test_visualize_script(tmp_path):
     proc = script("visualize.py", f"checkpoint={tmp_path / 'run'}", "env=pusher", "logger=none",
                   f"hydra.run.dir={tmp_path / 'bad'}", check=False)
     assert proc.returncode != 0 and "trained on env=reacher" in proc.stderr
+
+
+def test_nearest_keypoint_is_one_index_over_all_frames():
+    from dsae.visualize import nearest_keypoint_errors
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 31, size=(40, 2))  # pixel (u, v) in a 32 px frame
+    kp = rng.uniform(-1, 1, size=(40, 4, 2))
+    kp[:, 2] = truth / 15.5 - 1  # keypoint 2 follows the object exactly
+    noisy = kp + rng.normal(0, 0.05, kp.shape)
+    out = nearest_keypoint_errors(noisy, kp, {"obj": truth}, 32)["obj"]
+    assert out["keypoint"] == 2
+    assert out["filtered_err_px"] < 1e-4 < out["raw_err_px"] < 2.0
