@@ -202,7 +202,7 @@ def test_module_options():
         SpatialSoftmax(data_format="HWC")
 
 
-def test_export_and_compile():
+def test_torch_export():
     m = SpatialSoftmax(in_channels=4, num_keypoints=3).eval()
     x = torch.randn(2, 4, 8, 8)
     exported = torch.export.export(m, (x,))
