@@ -29,7 +29,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 32  # frame triples per step (3x as many images)
     lr: float = 1e-3
     weight_decay: float = 0.0

@@ -34,9 +34,9 @@ class ModelConfig:
     temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
     learn_temperature: bool = True
     recon_size: int = 32  # side of the grayscale reconstruction target
-    decoder: str = "fc"  # "fc" (the paper's) or "gaussian" (keypoints drawn as maps, then convs)
+    decoder: str = "gaussian"  # "gaussian" (keypoints drawn as maps, then convs) or "fc" (the paper's)
     decoder_hidden: list[int] = field(default_factory=lambda: [512])  # fc: [] = the paper's single linear layer
-    decoder_channels: int = 64  # gaussian: width of its conv layers
+    decoder_channels: int = 32  # gaussian: width of its conv layers
     decoder_sigma: float = 0.1  # gaussian: blob std in normalised units ([-1, 1] spans the image)
     slow_weight: float = 0.01  # weight of g_slow in the loss (paper: 1.0)
 
