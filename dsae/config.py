@@ -61,7 +61,7 @@ class VisConfig:
     trail: int = 8  # steps of trail behind each keypoint
     top_k: Optional[int] = None  # keep only the k most present keypoints (others drawn dimmed)
     presence_threshold: Optional[float] = None  # keep keypoints at least this present
-    process_std: float = 0.02  # Kalman filter: acceleration noise per step (normalised units)
+    process_std: float = 0.05  # Kalman filter: acceleration noise per step (normalised units)
     measurement_std: float = 0.03  # Kalman filter: keypoint noise (normalised units)
     sheet_frames: int = 8  # frames in each contact sheet
     temperatures: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.3, 1.0])
