@@ -151,7 +151,7 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
             "rng": {**rng_state(), "sampler": sampler.generator.get_state()},
             "elapsed_s": elapsed + time.perf_counter() - started, "images_seen": images_seen,
             "train_time_s": train_time, "wandb_id": logger.run_id,
-            "image_size": dataset.image_size, "dataset": str(dataset.root), "objects": dataset.objects,
+            "image_size": dataset.image_size, "dataset": str(dataset.root.resolve()), "objects": dataset.objects,
         })
 
     def log_images() -> None:
