@@ -60,12 +60,13 @@ def read_mp4(path: Path | str) -> list[np.ndarray]:
     return [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in reader]
 
 
-def rollout(env, steps: Optional[int], seed: int) -> dict[str, np.ndarray]:
-    """One episode with uniform random actions: frames (T, H, W, 3) and ground-truth pixels."""
+def rollout(env, seed: int) -> dict[str, np.ndarray]:
+    """One episode with uniform random actions, to the env's time limit: frames (T, H, W, 3)
+    and ground-truth pixels."""
     _, info = env.reset(seed=seed)
     env.action_space.seed(seed)
     frames, pixels = [env.render()], [info["pixels"]]
-    while steps is None or len(frames) <= steps:
+    while True:
         _, _, terminated, truncated, info = env.step(env.action_space.sample())
         frames.append(env.render())
         pixels.append(info["pixels"])
@@ -165,7 +166,7 @@ def visualize(checkpoint: str, out_dir: Path | str, cfg: VisConfig, episodes: in
     size = state["image_size"]
     all_tracks, all_pixels = [], []
     for e in range(episodes):
-        ep = rollout(env, None, cfg.seed + e)
+        ep = rollout(env, cfg.seed + e)
         tracks = track_episode(model, ep["frames"], cfg, dev)
         objects = list(ep["pixels"])
         video = []
