@@ -52,6 +52,12 @@ def normalized_grid(size: int, device=None, dtype=torch.float32) -> torch.Tensor
     return torch.linspace(-1.0, 1.0, size, device=device, dtype=dtype)
 
 
+def _component_axis(d: int, ndim: int) -> int:
+    """The axis of a channels-first (B, C, *spatial) tensor along which keypoint component d
+    runs: x (d = 0) along the last axis, y along the one before it, z before that."""
+    return 1 + ndim - d
+
+
 def _channels_first(features: torch.Tensor, data_format: str) -> tuple[torch.Tensor, int]:
     if data_format not in DATA_FORMATS:
         raise ValueError(f"unknown data_format {data_format!r}; use one of {sorted(DATA_FORMATS)}")
@@ -119,8 +125,8 @@ class _SoftArgmaxFn(torch.autograd.Function):
         # weight(p) = sum_d g_d * (coord_d(p) - f_d), built by broadcasting one axis at a time.
         weight = None
         for d in range(nd):
-            axis = 2 + nd - 1 - d  # keypoint component d runs along the d-th axis from the last
-            coords = normalized_grid(spatial[nd - 1 - d], attention.device, attention.dtype)
+            axis = _component_axis(d, nd)
+            coords = normalized_grid(attention.shape[axis], attention.device, attention.dtype)
             shape = [1] * (2 + nd)
             shape[axis] = -1
             term = (coords.view(shape) - keypoints[..., d].view(b, c, *([1] * nd))) * grad[..., d].view(b, c, *([1] * nd))
@@ -133,10 +139,10 @@ def _expectation(attention: torch.Tensor, spatial: tuple[int, ...]) -> torch.Ten
     nd = len(spatial)
     out = []
     for d in range(nd):
-        axis = 2 + nd - 1 - d
+        axis = _component_axis(d, nd)
         others = [a for a in range(2, 2 + nd) if a != axis]
         marginal = attention.sum(dim=others) if others else attention
-        out.append(marginal @ normalized_grid(spatial[nd - 1 - d], attention.device, attention.dtype))
+        out.append(marginal @ normalized_grid(attention.shape[axis], attention.device, attention.dtype))
     return torch.stack(out, dim=-1)
 
 
@@ -200,18 +206,19 @@ def spatial_soft_argmax_full(
     if return_presence:
         window = None
         for d in range(ndim):
-            size = spatial[ndim - 1 - d]
+            axis = _component_axis(d, ndim)
+            size = attention.shape[axis]
             index = (keypoints[..., d].detach() + 1) * (size - 1) / 2  # pixel index, continuous
             near = (torch.arange(size, device=features.device).view(1, 1, -1) - index.round().unsqueeze(-1)).abs()
             near = (near <= presence_radius).to(attention.dtype)
             shape = [b, c] + [1] * ndim
-            shape[2 + ndim - 1 - d] = size
+            shape[axis] = size
             near = near.view(shape)
             window = near if window is None else window * near
         result["presence"] = (attention * window).flatten(2).sum(-1)
     if return_covariance:
         grids = torch.meshgrid(*[normalized_grid(s, features.device, attention.dtype) for s in spatial], indexing="ij")
-        coords = torch.stack([grids[ndim - 1 - d].reshape(-1) for d in range(ndim)], dim=-1)  # (N, D)
+        coords = torch.stack([grids[_component_axis(d, ndim) - 2].reshape(-1) for d in range(ndim)], dim=-1)  # (N, D)
         flat = attention.reshape(b, c, -1)
         second = torch.einsum("bcn,nd,ne->bcde", flat, coords, coords)
         result["covariance"] = second - keypoints.unsqueeze(-1) * keypoints.unsqueeze(-2)

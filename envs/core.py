@@ -264,7 +264,6 @@ def make_env(name: str | EnvConfig = "reacher", **overrides: Any) -> GroundTruth
             raise ValueError(f"env.geom_rgba: the {config.name} model has no geom {geom!r}; its geoms: {names}")
         model.geom_rgba[gid] = rgba
     if config.object_radius is not None:
-
         for geom in spec.marker_geoms:
             gid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, geom)
             # Visual only: these geoms never collide, and mass was fixed at compile time.
