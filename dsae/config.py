@@ -79,6 +79,7 @@ class Config:
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
     checkpoint: Optional[str] = None  # evaluate.py / visualize.py: the checkpoint (or run folder)
     episodes: int = 3  # visualize.py: fresh episodes to film
+    policy: Optional[str] = None  # visualize.py: a scripts/train_rl.py run whose agent acts
     vis: VisConfig = field(default_factory=VisConfig)
 
 

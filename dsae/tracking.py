@@ -54,7 +54,10 @@ class KeypointKalmanFilter:
         if mask is None or self.started is None:
             self.x = self.p = self.started = None
         else:
-            self.started[mask.to(self.started.device)] = False
+            mask = mask.to(self.started.device)
+            self.started[mask] = False
+            self.x[mask] = 0.0  # as if new: a track that never started reports the origin
+            self.p[mask] = 0.0
 
     def update(self, z: torch.Tensor, observed: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One step: predict, then correct with the measurement z (B, K, D). Returns the filtered positions."""

@@ -59,25 +59,31 @@ def ensure_dataset(cfg: Config) -> Dataset:
     return load_dataset(root)
 
 
-def find_resume_checkpoint(resume: Optional[str], run_dir: Path, outputs: Path = Path("outputs")) -> Optional[Path]:
-    """The checkpoint that ``train.resume`` names, or None for a fresh run."""
+def find_resume_checkpoint(resume: Optional[str], run_dir: Path, outputs: Path = Path("outputs"),
+                           checkpoint: Path = CHECKPOINT, key: str = "train.resume") -> Optional[Path]:
+    """The checkpoint that ``train.resume`` (or ``key``) names, or None for a fresh run.
+
+    ``true``/``latest``: this run folder's checkpoint, else the newest unfinished run's (one with a
+    ``checkpoint`` file and no metrics.json) under ``outputs``; otherwise a run folder or a file.
+    """
     if resume is None or str(resume).lower() in ("false", "none", "null", ""):
         return None
     if str(resume).lower() in ("true", "latest"):
-        own = run_dir / CHECKPOINT
+        own = run_dir / checkpoint
         if own.exists():
             return own
-        candidates = [p for p in outputs.glob("**/checkpoints/last.pt") if not (p.parent.parent / METRICS).exists()]
+        candidates = [p for p in outputs.glob(f"**/{checkpoint.as_posix()}")
+                      if not (p.parent.parent / METRICS).exists()]
         if not candidates:
             raise CheckpointError(
-                f"train.resume=true but no unfinished run with a checkpoint was found under {outputs}/; "
-                "start a fresh run (drop train.resume) or pass train.resume=PATH to a run folder")
+                f"{key}=true but no unfinished run with a checkpoint was found under {outputs}/; "
+                f"start a fresh run (drop {key}) or pass {key}=PATH to a run folder")
         return max(candidates, key=lambda p: p.stat().st_mtime)
     path = Path(resume)
     if path.is_dir():
-        path = path / CHECKPOINT
+        path = path / checkpoint
     if not path.exists():
-        raise CheckpointError(f"train.resume={resume}: no checkpoint at {path}")
+        raise CheckpointError(f"{key}={resume}: no checkpoint at {path}")
     return path
 
 

@@ -1,7 +1,7 @@
 """Watch a trained model: rollout videos with tracked keypoints, contact sheets, temperature panels.
 
 ``visualize(checkpoint, out_dir, vis_cfg, episodes)`` rolls out fresh episodes of the
-checkpoint's env (random actions), and writes per episode ``episode_<i>.mp4``: side by side,
+checkpoint's env (random actions, or a trained agent's with ``policy=``), and writes per episode ``episode_<i>.mp4``: side by side,
 the camera frame with keypoints (fixed colours, trails; raw dots and Kalman-filtered rings;
 pruned keypoints dimmed; ground truth as white crosses), the decoder's reconstruction from
 the keypoints, and the per-keypoint attention maps (each scaled to [0, 1]). Also
@@ -60,19 +60,21 @@ def read_mp4(path: Path | str) -> list[np.ndarray]:
     return [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in reader]
 
 
-def rollout(env, seed: int) -> dict[str, np.ndarray]:
-    """One episode with uniform random actions, to the env's time limit: frames (T, H, W, 3)
-    and ground-truth pixels."""
-    _, info = env.reset(seed=seed)
+def rollout(env, seed: int, act=None) -> dict[str, np.ndarray]:
+    """One episode to the env's time limit, with uniform random actions or ``act(obs)`` (a trained
+    policy): frames (T, H, W, 3), ground-truth pixels and the episode's return."""
+    obs, info = env.reset(seed=seed)
     env.action_space.seed(seed)
-    frames, pixels = [env.render()], [info["pixels"]]
+    frames, pixels, total = [env.render()], [info["pixels"]], 0.0
     while True:
-        _, _, terminated, truncated, info = env.step(env.action_space.sample())
+        action = env.action_space.sample() if act is None else act(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        total += float(reward)
         frames.append(env.render())
         pixels.append(info["pixels"])
         if terminated or truncated:
             break
-    return {"frames": np.stack(frames),
+    return {"frames": np.stack(frames), "return": total,
             "pixels": {o: np.stack([p[o] for p in pixels]) for o in pixels[0]}}
 
 
@@ -140,10 +142,14 @@ def temperature_panel(model, frame: np.ndarray, temperatures: list[float], devic
     return np.concatenate([column, np.full((grid.shape[0], 6, 3), 255, np.uint8), grid], axis=1)
 
 
-def visualize(checkpoint: str, out_dir: Path | str, cfg: VisConfig, episodes: int = 3,
+def visualize(checkpoint: Optional[str], out_dir: Path | str, cfg: VisConfig, episodes: int = 3,
               device: Optional[str] = "auto", env_name: Optional[str] = None, logger=None,
-              progress: bool = True) -> dict:
-    """Write videos, contact sheets, a temperature panel and tracking.json into ``out_dir``."""
+              progress: bool = True, policy: Optional[str] = None) -> dict:
+    """Write videos, contact sheets, a temperature panel and tracking.json into ``out_dir``.
+
+    With ``policy`` (a scripts/train_rl.py run), the trained agent acts instead of random actions,
+    and ``checkpoint`` defaults to the encoder that agent sees (obs=keypoints).
+    """
     from tqdm import tqdm
 
     from dsae.api import load_model
@@ -153,20 +159,36 @@ def visualize(checkpoint: str, out_dir: Path | str, cfg: VisConfig, episodes: in
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    agent = None
+    if policy is not None:
+        from dsae.rl import Policy
+
+        agent = Policy(policy, device)
+        checkpoint = checkpoint or agent.encoder_path
+        if not checkpoint:
+            raise ValueError(f"the policy was trained on obs={agent.cfg.obs}, without a DSAE: pass checkpoint=PATH "
+                             "(a scripts/train.py run) to draw its keypoints")
+    if not checkpoint:
+        from dsae.checkpoint import CheckpointError
+
+        raise CheckpointError("no checkpoint given: pass checkpoint=PATH (a .pt file or a run folder)")
     model, state = load_model(checkpoint, device)
     dev = resolve_device(device)
     train_cfg = from_dict(state["config"])
     if env_name is not None and env_name != train_cfg.env.name:
         raise ValueError(f"the checkpoint was trained on env={train_cfg.env.name}, not env={env_name}; "
                          f"drop the env override or pass a {env_name} checkpoint")
-    env = make_env(train_cfg.env)
+    if agent is not None and agent.env_config.name != train_cfg.env.name:
+        raise ValueError(f"the policy acts in env={agent.env_config.name} but the checkpoint was trained on "
+                         f"env={train_cfg.env.name}")
+    env = make_env(train_cfg.env) if agent is None else agent.make_env()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"checkpoint": state["path"], "env": train_cfg.env.name, "episodes": []}
+    summary: dict = {"checkpoint": state["path"], "env": train_cfg.env.name, "policy": policy, "episodes": []}
     size = state["image_size"]
     all_tracks, all_pixels = [], []
     for e in range(episodes):
-        ep = rollout(env, cfg.seed + e)
+        ep = rollout(env, cfg.seed + e, None if agent is None else agent.act)
         tracks = track_episode(model, ep["frames"], cfg, dev)
         objects = list(ep["pixels"])
         video = []
@@ -181,7 +203,8 @@ def visualize(checkpoint: str, out_dir: Path | str, cfg: VisConfig, episodes: in
         imageio.imwrite(sheet_path, sheet)
         all_tracks.append(tracks)
         all_pixels.append(ep["pixels"])
-        summary["episodes"].append({"video": str(path), "sheet": str(sheet_path), "frames": len(video)})
+        summary["episodes"].append({"video": str(path), "sheet": str(sheet_path), "frames": len(video),
+                                    "return": ep["return"]})
         if logger is not None:
             logger.video(f"episode_{e}", path, step=e)
             logger.image(f"sheet_{e}", sheet, step=e)

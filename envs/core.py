@@ -140,6 +140,13 @@ class GroundTruthEnv(gym.Wrapper):
     def object_names(self) -> list[str]:
         return list(self.spec_.objects)
 
+    def proprio_features(self) -> np.ndarray:
+        """The arm's joint angles as cos and sin, then its joint velocities: float32 (3 * n_joints,).
+
+        What a robot knows about itself, and nothing about the task (no target or object state).
+        """
+        return proprio_features(self.env.unwrapped, self.spec_.arm_joints)
+
     def _info(self, info: dict[str, Any]) -> dict[str, Any]:
         data = self.env.unwrapped.data
         positions = {obj: data.xpos[i].copy() for obj, i in self._body_ids.items()}
@@ -181,6 +188,17 @@ class GroundTruthEnv(gym.Wrapper):
             raise RuntimeError("the env returned no frame: it must use render_mode='rgb_array'")
         self._checked_render = True
         return frame
+
+
+def proprio_features(mujoco_env: Any, n_joints: int) -> np.ndarray:
+    """cos and sin of the first ``n_joints`` joint angles, then their velocities (float32).
+
+    ``mujoco_env`` is a gymnasium MuJoCo env (``env.unwrapped``); the first ``n_joints`` entries
+    of its qpos/qvel must be the robot's hinge joints, as for the envs in ENV_SPECS.
+    """
+    qpos = mujoco_env.data.qpos[:n_joints]
+    qvel = mujoco_env.data.qvel[:n_joints]
+    return np.concatenate([np.cos(qpos), np.sin(qpos), qvel]).astype(np.float32)
 
 
 def _gl_backend() -> str:

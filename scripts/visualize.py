@@ -1,6 +1,7 @@
 """Film a trained model: `python scripts/visualize.py checkpoint=PATH env=reacher episodes=3`.
 
-Rolls out fresh episodes with random actions and writes, into this command's run folder,
+Rolls out fresh episodes with random actions (or a trained agent's: policy=PATH, a run of
+scripts/train_rl.py; checkpoint then defaults to the encoder it sees) and writes, into this command's run folder,
 an MP4 per episode (keypoints with trails, raw and Kalman-filtered, on the camera frame;
 the reconstruction; the attention maps), a contact sheet PNG per episode, a temperature
 panel and tracking.json; all are logged to wandb (offline by default) as well.
@@ -26,15 +27,16 @@ def main(cfg) -> None:
     from dsae.visualize import visualize
 
     config = to_config(cfg)
-    if not config.checkpoint:
-        raise CheckpointError("no checkpoint given: pass checkpoint=PATH (a .pt file or a run folder)")
+    if not config.checkpoint and not config.policy:
+        raise CheckpointError("no checkpoint given: pass checkpoint=PATH (a .pt file or a run folder), "
+                              "or policy=PATH (a scripts/train_rl.py run)")
     overrides = HydraConfig.get().overrides.task
     env_name = config.env.name if any(o.startswith("env=") or o.startswith("env.name=") for o in overrides) else None
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     logger = Logger(config.logger, run_dir, to_dict(config), name=f"visualize-{run_dir.name}")
     try:
         summary = visualize(config.checkpoint, run_dir, config.vis, config.episodes, config.device,
-                            env_name=env_name, logger=logger)
+                            env_name=env_name, logger=logger, policy=config.policy)
     finally:
         logger.close()
     print(json.dumps(summary["objects"], indent=2))

@@ -1,0 +1,348 @@
+"""Soft actor-critic (Haarnoja et al., 2018) with a pluggable observation encoder.
+
+Observations are either flat float vectors (``obs=state``, or keypoints from
+:class:`dsae.wrappers.KeypointObservation`) or ``{"image", "proprio"}`` dicts from
+:class:`dsae.wrappers.PixelObservation`. Image observations go through an encoder owned by the
+critic and trained by the critic's loss only (the actor sees its features detached), with
+random-shift augmentation as in DrQ (Kostrikov et al., 2020): a conv net learned from scratch
+(``obs=pixels``) or the pretrained DSAE encoder (``obs=keypoints`` with
+``rl.finetune_encoder=true``). The target critic holds an exponential moving average of the
+critic, encoder included; next-state features for the TD target come from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsae.model import to_float_images
+
+
+@dataclass
+class SACConfig:
+    """The ``rl`` config group (``configs/rl/sac.yaml``)."""
+
+    steps: int = 20000  # env steps (one update per step after init_steps)
+    init_steps: int = 1000  # uniform random actions first (the buffer's warm-up)
+    batch_size: int = 256
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    lr: float = 1e-3  # actor, critic and encoder
+    alpha_lr: float = 1e-3
+    gamma: float = 0.99
+    tau: float = 0.01  # target critic EMA rate
+    encoder_tau: float = 0.05  # target encoder EMA rate (image observations)
+    init_temperature: float = 0.1  # initial entropy weight alpha
+    target_entropy: Optional[float] = None  # None: -(action dims)
+    updates_per_step: int = 1
+    buffer_size: Optional[int] = None  # None: rl.steps (nothing is ever dropped)
+    augment: bool = True  # random shift of image observations (DrQ); no effect on vectors
+    shift_pad: int = 4  # pixels of random shift each way
+    pixel_channels: int = 32  # obs=pixels: conv width
+    pixel_features: int = 50  # obs=pixels: feature size after the conv stack
+    finetune_encoder: bool = False  # obs=keypoints: train the DSAE encoder with the critic
+    keypoints: Optional[list[int]] = None  # obs=keypoints: indices to keep (default all)
+    top_k: Optional[int] = None  # obs=keypoints: per-frame presence pruning
+    presence_threshold: Optional[float] = None
+    kalman: bool = False  # obs=keypoints: Kalman-filter the keypoints
+    eval_every: int = 2000  # env steps between deterministic evaluations
+    eval_episodes: int = 10
+    checkpoint_every: int = 2000  # env steps between checkpoints (taken at episode ends)
+    log_every: int = 1000  # env steps between training-loss logs
+    random_return: Optional[float] = None  # reference returns for the normalised score;
+    state_return: Optional[float] = None  # random_return None: measured on the eval episodes
+
+
+class PixelEncoder(nn.Module):
+    """A small DrQ-style conv net: uint8 (B, H, W, 3) -> features (B, F), LayerNorm + tanh.
+
+    Three 3x3 convs (strides 2, 2, 1) then a linear layer; smaller than DrQ's four stride-(2,1,1,1)
+    convs on 84 px so that ``obs=pixels`` trains on a laptop CPU.
+    """
+
+    def __init__(self, image_size: int, channels: int = 32, features: int = 50):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, channels, 3, stride=2), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, stride=1), nn.ReLU(inplace=True),
+        )
+        with torch.no_grad():
+            n = self.convs(torch.zeros(1, 3, image_size, image_size)).numel()
+        self.head = nn.Sequential(nn.Linear(n, features), nn.LayerNorm(features), nn.Tanh())
+        self.out_dim = features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(to_float_images(images) - 0.5).flatten(1))
+
+
+class DSAEFeatures(nn.Module):
+    """The DSAE encoder as an RL feature extractor: uint8 images -> flattened keypoints (B, 2K).
+
+    Batch norm keeps the statistics it learned on the dataset (eval mode) while fine-tuning.
+    """
+
+    def __init__(self, encoder: nn.Module, keypoints: Optional[list[int]] = None):
+        super().__init__()
+        self.encoder = encoder
+        k = int(encoder.num_keypoints)
+        self.indices = list(range(k)) if keypoints is None else list(keypoints)
+        self.out_dim = 2 * len(self.indices)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()  # frozen BN statistics
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images)[:, self.indices].flatten(1)
+
+
+def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """DrQ augmentation: uint8 (B, H, W, 3) -> each image shifted by up to ``pad`` pixels
+    (replicate padding), as float (B, 3, H, W) in [0, 1]."""
+    x = to_float_images(images)
+    b, _, h, w = x.shape
+    x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    ox = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    oy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device)[None])  # (B, H)
+    cols = (ox[:, None] + torch.arange(w, device=x.device)[None])  # (B, W)
+    idx_b = torch.arange(b, device=x.device)[:, None, None]
+    return x.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+class ObsEncoder(nn.Module):
+    """Observation -> features: identity for vectors; image encoder + proprioception for dicts."""
+
+    def __init__(self, image_encoder: Optional[nn.Module], vector_dim: int):
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.out_dim = vector_dim + (image_encoder.out_dim if image_encoder is not None else 0)
+
+    def forward(self, obs: Any, augment_pad: int = 0) -> torch.Tensor:
+        if self.image_encoder is None:
+            return obs
+        images = obs["image"]
+        if augment_pad > 0:
+            images = random_shift(images, augment_pad)
+        return torch.cat([self.image_encoder(images), obs["proprio"]], dim=-1)
+
+
+def mlp(inp: int, hidden: list[int], out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(inp, h), nn.ReLU(inplace=True)]
+        inp = h
+    layers.append(nn.Linear(inp, out))
+    return nn.Sequential(*layers)
+
+
+class Critic(nn.Module):
+    def __init__(self, encoder: ObsEncoder, action_dim: int, hidden: list[int]):
+        super().__init__()
+        self.encoder = encoder
+        self.q1 = mlp(encoder.out_dim + action_dim, hidden, 1)
+        self.q2 = mlp(encoder.out_dim + action_dim, hidden, 1)
+
+    def q(self, features: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([features, action], dim=-1)
+        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy head on the (detached) observation features."""
+
+    def __init__(self, feature_dim: int, action_dim: int, hidden: list[int]):
+        super().__init__()
+        self.net = mlp(feature_dim, hidden, 2 * action_dim)
+
+    def forward(self, features: torch.Tensor, deterministic: bool = False):
+        mean, log_std = self.net(features).chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        if deterministic:
+            return torch.tanh(mean), None
+        std = log_std.exp()
+        noise = torch.randn_like(mean)
+        pre = mean + std * noise
+        action = torch.tanh(pre)
+        log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prob = log_prob - (2 * (math.log(2) - pre - F.softplus(-2 * pre))).sum(-1)
+        return action, log_prob
+
+
+class SACAgent(nn.Module):
+    """SAC on features from an :class:`ObsEncoder`; actions in [-1, 1] (scaled to the env's box outside)."""
+
+    def __init__(self, cfg: SACConfig, encoder: ObsEncoder, action_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.critic = Critic(encoder, action_dim, cfg.hidden)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor = Actor(encoder.out_dim, action_dim, cfg.hidden)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
+        self.target_entropy = -float(action_dim) if cfg.target_entropy is None else cfg.target_entropy
+        self.has_images = encoder.image_encoder is not None
+        self.trains_encoder = self.has_images and any(p.requires_grad for p in encoder.parameters())
+        critic_params = [p for n, p in self.critic.named_parameters() if p.requires_grad]
+        self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_alpha.device
+
+    @torch.no_grad()
+    def act(self, obs: Any, deterministic: bool = False) -> np.ndarray:
+        """One observation (unbatched, numpy) -> one action in [-1, 1]."""
+        batch = to_tensors(obs, self.device, unsqueeze=True)
+        features = self.critic.encoder(batch)
+        action, _ = self.actor(features, deterministic=deterministic)
+        return action[0].cpu().numpy()
+
+    def update(self, batch: dict[str, Any]) -> dict[str, float]:
+        cfg = self.cfg
+        pad = cfg.shift_pad if (cfg.augment and self.has_images) else 0
+        obs, action, reward, next_obs, not_done = (batch["obs"], batch["action"], batch["reward"],
+                                                   batch["next_obs"], batch["not_done"])
+        with torch.no_grad():
+            next_features = self.critic_target.encoder(next_obs, pad)
+            next_action, next_log_prob = self.actor(next_features)
+            tq1, tq2 = self.critic_target.q(next_features, next_action)
+            target_v = torch.min(tq1, tq2) - self.alpha * next_log_prob
+            target_q = reward + not_done * cfg.gamma * target_v
+        features = self.critic.encoder(obs, pad)
+        q1, q2 = self.critic.q(features, action)
+        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+
+        detached = features.detach()
+        new_action, log_prob = self.actor(detached)
+        aq1, aq2 = self.critic.q(detached, new_action)
+        actor_loss = (self.alpha.detach() * log_prob - torch.min(aq1, aq2)).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()  # (the Q heads' grads from this loss are cleared before their next step)
+
+        alpha_loss = (self.alpha * (-log_prob.detach() - self.target_entropy)).mean()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+        with torch.no_grad():
+            for name, (p, tp) in _pairs(self.critic, self.critic_target):
+                rate = cfg.encoder_tau if name.startswith("encoder.") else cfg.tau
+                tp.lerp_(p, rate)
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
+                "alpha": self.alpha.detach(), "q": q1.detach().mean(), "entropy": -log_prob.detach().mean()}
+
+
+def _pairs(online: nn.Module, target: nn.Module):
+    t = dict(target.named_parameters())
+    for name, p in online.named_parameters():
+        if p.requires_grad:
+            yield name, (p, t[name])
+
+
+def to_tensors(obs: Any, device: torch.device, unsqueeze: bool = False) -> Any:
+    """numpy observation(s) -> tensors on ``device`` (dicts recursively); uint8 stays uint8."""
+    if isinstance(obs, dict):
+        return {k: to_tensors(v, device, unsqueeze) for k, v in obs.items()}
+    t = torch.as_tensor(np.asarray(obs), device=device)
+    if t.dtype == torch.float64:
+        t = t.float()
+    return t.unsqueeze(0) if unsqueeze else t
+
+
+class ReplayBuffer:
+    """Fixed-size transitions in numpy; observations may be arrays or dicts of arrays."""
+
+    def __init__(self, capacity: int, obs_example: Any, action_dim: int):
+        self.capacity, self.size, self.pos = capacity, 0, 0
+
+        def alloc(x):
+            if isinstance(x, dict):
+                return {k: alloc(v) for k, v in x.items()}
+            x = np.asarray(x)
+            dtype = np.uint8 if x.dtype == np.uint8 else np.float32
+            return np.zeros((capacity, *x.shape), dtype=dtype)
+
+        self.obs, self.next_obs = alloc(obs_example), alloc(obs_example)
+        self.action = np.zeros((capacity, action_dim), dtype=np.float32)
+        self.reward = np.zeros(capacity, dtype=np.float32)
+        self.not_done = np.zeros(capacity, dtype=np.float32)
+
+    @staticmethod
+    def _put(store, i, x):
+        if isinstance(store, dict):
+            for k in store:
+                store[k][i] = x[k]
+        else:
+            store[i] = x
+
+    @staticmethod
+    def _take(store, idx):
+        if isinstance(store, dict):
+            return {k: v[idx] for k, v in store.items()}
+        return store[idx]
+
+    def add(self, obs, action, reward, next_obs, terminated: bool) -> None:
+        self._put(self.obs, self.pos, obs)
+        self._put(self.next_obs, self.pos, next_obs)
+        self.action[self.pos] = action
+        self.reward[self.pos] = reward
+        self.not_done[self.pos] = 0.0 if terminated else 1.0  # time-limit truncation still bootstraps
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device) -> dict[str, Any]:
+        idx = rng.integers(0, self.size, size=batch_size)
+        return {
+            "obs": to_tensors(self._take(self.obs, idx), device),
+            "action": torch.as_tensor(self.action[idx], device=device),
+            "reward": torch.as_tensor(self.reward[idx], device=device),
+            "next_obs": to_tensors(self._take(self.next_obs, idx), device),
+            "not_done": torch.as_tensor(self.not_done[idx], device=device),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        n = self.size
+
+        def cut(store):
+            return {k: v[:n] for k, v in store.items()} if isinstance(store, dict) else store[:n]
+
+        return {"size": n, "pos": self.pos, "obs": cut(self.obs), "next_obs": cut(self.next_obs),
+                "action": self.action[:n], "reward": self.reward[:n], "not_done": self.not_done[:n]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        n = state["size"]
+        if n > self.capacity:
+            raise ValueError(f"the saved buffer holds {n} transitions, more than rl.buffer_size={self.capacity}")
+
+        def fill(store, saved):
+            if isinstance(store, dict):
+                for k in store:
+                    store[k][:n] = saved[k]
+            else:
+                store[:n] = saved
+
+        fill(self.obs, state["obs"])
+        fill(self.next_obs, state["next_obs"])
+        self.action[:n], self.reward[:n], self.not_done[:n] = state["action"], state["reward"], state["not_done"]
+        self.size, self.pos = n, state["pos"]

@@ -1,0 +1,27 @@
+"""Train a SAC agent: `python scripts/train_rl.py env=reacher obs=keypoints encoder=PATH`.
+
+obs=state (the env's own state vector), obs=pixels (vision learned from scratch) or
+obs=keypoints (the pretrained DSAE encoder, frozen; rl.finetune_encoder=true trains it too).
+Writes returns.csv, checkpoints/agent.pt and metrics.json into the run folder.
+"""
+
+import json
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from dsae.rl import register, to_rl_config
+
+register()
+
+
+@hydra.main(config_path="../configs", config_name="train_rl", version_base=None)
+def main(cfg) -> None:
+    from dsae.rl import run_rl
+
+    metrics = run_rl(to_rl_config(cfg), HydraConfig.get().runtime.output_dir)
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("curve", "eval_returns")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
