@@ -61,11 +61,11 @@ def plot(curves: dict[str, list[list[dict]]], path: Path, refs: dict[str, float]
             ax.fill_between(x, y.min(0), y.max(0), color=colours[mode], alpha=0.2)
     for name, value in refs.items():
         ax.axhline(value, color="grey", linestyle="--" if name == "random" else ":", linewidth=1)
-        ax.text(steps, value, f" {name}", va="center", fontsize=8, color="grey")
+        ax.text(0, value, f"{name} ", va="bottom", fontsize=8, color="grey")
     ax.set_xlabel("env steps")
     ax.set_ylabel("evaluation return (mean of episodes)")
     ax.set_title("SAC on Reacher-v5: state vs pixels vs DSAE keypoints")
-    ax.legend(loc="lower right")
+    ax.legend(loc="center right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

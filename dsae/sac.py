@@ -31,7 +31,7 @@ class SACConfig:
 
     steps: int = 20000  # env steps (one update per step after init_steps)
     init_steps: int = 1000  # uniform random actions first (the buffer's warm-up)
-    batch_size: int = 256
+    batch_size: int = 128
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     lr: float = 1e-3  # actor, critic and encoder
     alpha_lr: float = 1e-3
@@ -110,12 +110,8 @@ def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
     x = to_float_images(images)
     b, _, h, w = x.shape
     x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    ox = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
-    oy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
-    rows = (oy[:, None] + torch.arange(h, device=x.device)[None])  # (B, H)
-    cols = (ox[:, None] + torch.arange(w, device=x.device)[None])  # (B, W)
-    idx_b = torch.arange(b, device=x.device)[:, None, None]
-    return x.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2)).tolist()  # integer shifts: plain crops
+    return torch.stack([x[i, :, oy:oy + h, ox:ox + w] for i, (oy, ox) in enumerate(offsets)])
 
 
 class ObsEncoder(nn.Module):
