@@ -171,14 +171,27 @@ def load_dataset(root: Path | str, verify: bool = True) -> Dataset:
 class TripleSampler:
     """Samples triples of consecutive frames (t-1, t, t+1) from chosen episodes.
 
-    frames: uint8 (N, T+1, H, W, 3), kept on ``device`` as uint8. ``sample(batch)`` returns
-    uint8 (batch, 3, H, W, 3). The generator's state is part of a checkpoint.
+    frames: uint8 (N, T+1, H, W, 3). ``on_device=True`` keeps them on ``device`` as uint8 and
+    gathers each batch there (no host work per step); ``False`` keeps them in pinned host
+    memory and copies each gathered batch over asynchronously (for datasets larger than the
+    device). ``None`` chooses: on the device when it is the CPU, or when the frames take at
+    most half of the CUDA device's free memory. ``sample(batch)`` returns uint8
+    (batch, 3, H, W, 3) on ``device``. The generator's state is part of a checkpoint.
     """
 
-    def __init__(self, frames: np.ndarray, episodes: np.ndarray, device: torch.device, seed: int = 0):
+    def __init__(self, frames: np.ndarray, episodes: np.ndarray, device: torch.device, seed: int = 0,
+                 on_device: Optional[bool] = None):
         if frames.shape[1] < 3:
             raise DatasetError(f"episodes have {frames.shape[1]} frames; triples need at least 3")
-        self.frames = torch.from_numpy(np.ascontiguousarray(frames[episodes])).to(device)
+        device = torch.device(device)
+        host = torch.from_numpy(np.ascontiguousarray(frames[episodes]))
+        if on_device is None:
+            on_device = device.type != "cuda" or host.numel() <= 0.5 * torch.cuda.mem_get_info(device)[0]
+        self.on_device = bool(on_device)
+        if self.on_device:
+            self.frames = host.to(device)
+        else:
+            self.frames = host.pin_memory() if device.type == "cuda" else host
         self.device = device
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
@@ -186,6 +199,12 @@ class TripleSampler:
         n, t = self.frames.shape[:2]
         ep = torch.randint(0, n, (batch,), generator=self.generator)
         mid = torch.randint(1, t - 1, (batch,), generator=self.generator)
+        if not self.on_device:
+            times = mid[:, None] + torch.arange(-1, 2)
+            out = self.frames[ep[:, None], times]
+            if self.device.type == "cuda":
+                out = out.pin_memory()
+            return out.to(self.device, non_blocking=True)
         ep = ep.to(self.device)
         times = mid.to(self.device)[:, None] + torch.arange(-1, 2, device=self.device)
         return self.frames[ep[:, None], times]

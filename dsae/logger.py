@@ -22,15 +22,17 @@ MODES = ("offline", "online", "disabled")
 
 class Logger:
     def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict[str, Any],
-                 name: Optional[str] = None, resume_id: Optional[str] = None):
+                 name: Optional[str] = None, resume_id: Optional[str] = None, write_files: bool = True):
         if cfg.backend not in BACKENDS:
             raise ValueError(f"logger.backend must be one of {BACKENDS}, got {cfg.backend!r}")
         if cfg.mode not in MODES:
             raise ValueError(f"logger.mode must be one of {MODES}, got {cfg.mode!r}")
         self.run_dir = Path(run_dir)
         self.media = self.run_dir / "media"
-        self.media.mkdir(parents=True, exist_ok=True)
-        self._scalars = open(self.run_dir / "scalars.jsonl", "a")
+        self._scalars = None  # write_files=False (e.g. the non-leading processes of a DDP run): nothing
+        if write_files:
+            self.media.mkdir(parents=True, exist_ok=True)
+            self._scalars = open(self.run_dir / "scalars.jsonl", "a")
         self.wandb_run = None
         if cfg.backend == "wandb" and cfg.mode != "disabled":
             import wandb
@@ -47,8 +49,9 @@ class Logger:
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         scalars = {k: float(v) for k, v in scalars.items()}
-        self._scalars.write(json.dumps({"step": step, **scalars}) + "\n")
-        self._scalars.flush()
+        if self._scalars is not None:
+            self._scalars.write(json.dumps({"step": step, **scalars}) + "\n")
+            self._scalars.flush()
         if self.wandb_run is not None:
             self.wandb_run.log(scalars, step=step)
 
@@ -75,7 +78,8 @@ class Logger:
                 self.wandb_run.summary[k] = v
 
     def close(self) -> None:
-        self._scalars.close()
+        if self._scalars is not None:
+            self._scalars.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None

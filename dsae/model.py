@@ -9,6 +9,7 @@ g_slow = ||(f_{t+1} - f_t) - (f_t - f_{t-1})||^2 on triples of consecutive frame
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,8 @@ class ModelConfig:
     strides: list[int] = field(default_factory=lambda: [2, 1, 1])
     padding: str = "valid"  # "valid" (paper) or "same"
     norm: str = "batch"  # "none" (paper), "batch" or "group"
-    num_keypoints: int = 16  # K; must equal channels[-1] unless project is true
-    project: bool = False  # a 1x1 conv from channels[-1] to num_keypoints
+    num_keypoints: int = 16  # K
+    project: Optional[bool] = None  # a 1x1 conv from channels[-1] to K; None: only when they differ
     temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
     learn_temperature: bool = True
     recon_size: int = 32  # side of the grayscale reconstruction target
@@ -79,7 +80,8 @@ class Encoder(nn.Module):
             raise ValueError("model.channels, model.kernels and model.strides must be non-empty and of equal length")
         if cfg.padding not in ("valid", "same"):
             raise ValueError(f"model.padding must be 'valid' or 'same', got {cfg.padding!r}")
-        if not cfg.project and cfg.channels[-1] != cfg.num_keypoints:
+        project = cfg.channels[-1] != cfg.num_keypoints if cfg.project is None else cfg.project
+        if not project and cfg.channels[-1] != cfg.num_keypoints:
             raise ValueError(
                 f"model.num_keypoints={cfg.num_keypoints} differs from the last conv's "
                 f"{cfg.channels[-1]} channels: set model.project=true for a 1x1 projection, "
@@ -91,7 +93,7 @@ class Encoder(nn.Module):
             pad = 0 if cfg.padding == "valid" else k // 2
             layers += [nn.Conv2d(in_ch, out_ch, k, stride=s, padding=pad), _norm(cfg.norm, out_ch), nn.ReLU(inplace=True)]
             in_ch = out_ch
-        if cfg.project:
+        if project:
             layers.append(nn.Conv2d(in_ch, cfg.num_keypoints, 1))
         self.features = nn.Sequential(*layers)
         self.softmax_channels = cfg.num_keypoints

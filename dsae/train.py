@@ -32,7 +32,7 @@ from dsae.checkpoint import (
     set_rng_state,
 )
 from dsae.collect import collect, default_dataset_dir
-from dsae.config import Config, from_dict, to_dict
+from dsae.config import Config, LoggerConfig, TrainConfig, from_dict, to_dict
 from dsae.data import Dataset, TripleSampler, load_dataset, read_manifest
 from dsae.device import resolve_device
 from dsae.draw import grid_image, overlay_keypoints, reconstruction_panel
@@ -95,6 +95,9 @@ def _lr_lambda(schedule: str, total: int):
     return lambda step: 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
+AMP_MODES = ("auto", "bf16", "none")
+
+
 def _check(cfg: Config) -> None:
     t = cfg.train
     for key in ("steps", "batch_size", "log_every", "eval_every", "image_every", "checkpoint_every", "probe_frames"):
@@ -102,17 +105,146 @@ def _check(cfg: Config) -> None:
             raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
     if not t.lr > 0:
         raise ValueError(f"train.lr must be > 0, got {t.lr}")
+    if t.amp not in AMP_MODES:
+        raise ValueError(f"train.amp must be one of {AMP_MODES}, got {t.amp!r}")
     if not 0 < cfg.data.val_fraction < 1:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
 
 
+class _Loss(torch.nn.Module):
+    """The model's training loss as a forward pass (what DistributedDataParallel and compile wrap)."""
+
+    def __init__(self, model: DeepSpatialAutoencoder):
+        super().__init__()
+        self.model = model
+
+    def forward(self, triples: torch.Tensor):
+        return self.model.loss(triples)
+
+
+class TrainStep:
+    """One optimisation step of a DSAE, with the speed options of ``TrainConfig``.
+
+    bf16 autocast (``train.amp``; the soft-argmax computes in float32 whatever its input),
+    channels-last weights and activations, an optional ``torch.compile`` of forward + loss, and,
+    under ``torchrun``, DistributedDataParallel. ``step(triples)`` -> the loss parts (detached).
+    Used by :func:`run_training` and ``bench/train_throughput.py``.
+    """
+
+    def __init__(self, model: DeepSpatialAutoencoder, cfg: TrainConfig, device: torch.device, distributed: bool = False):
+        cuda = device.type == "cuda"
+        self.model = model
+        self.channels_last = cuda if cfg.channels_last is None else cfg.channels_last
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and cuda) else None
+        loss: torch.nn.Module = _Loss(model)
+        if distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if cuda:
+                # Batch statistics over the global batch (in place: BN layers are nested). SyncBatchNorm
+                # needs a GPU: on CPU each process normalises with its own share's statistics.
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            loss = DistributedDataParallel(loss, device_ids=[device.index] if cuda else None)
+        self.loss = torch.compile(loss) if cfg.compile else loss
+        self.device = device
+        self.grad_clip = cfg.grad_clip
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg.lr_schedule, cfg.steps))
+
+    def __call__(self, triples: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.model.train()
+        if self.amp_dtype is None:
+            loss, parts = self.loss(triples)
+        else:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype):
+                loss, parts = self.loss(triples)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return parts
+
+
+def _distributed_setup(device_name: str) -> tuple[int, int, Optional[torch.device]]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPU, gloo on CPU) and
+    return (rank, world size, this process's device); else (0, 1, None)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _broadcast(value: Any, world: int) -> Any:
+    """Rank 0's value on every rank."""
+    if world <= 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _mean_over_processes(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
+    """Each process's loss is over its share of the batch: the global figure is their mean."""
+    if world <= 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)  # NCCL: on the GPU
+    dist.all_reduce(t)
+    return dict(zip(values, (t / world).tolist()))
+
+
+def _drop_stray_run_dir(own: Path, used: Path) -> None:
+    """Under torchrun every process's Hydra makes a run folder; ranks > 0 use rank 0's and
+    remove their own when it holds nothing but Hydra's files."""
+    import shutil
+
+    if own.resolve() != used.resolve() and own.is_dir() and {p.name for p in own.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(own, ignore_errors=True)
+
+
 def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) a DSAE; returns the metrics also written to ``<run>/metrics.json``."""
+    """Train (or resume) a DSAE; returns the metrics also written to ``<run>/metrics.json``.
+
+    Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel: every process
+    draws the same global batch of ``train.batch_size`` triples and trains on its 1/N share, so
+    the gradient is the single-process one; rank 0 alone logs, checkpoints and evaluates.
+    """
     from tqdm import tqdm
 
     started = time.perf_counter()
-    run_dir = Path(run_dir)
-    resume_from = find_resume_checkpoint(cfg.train.resume, run_dir)
+    rank, world, dist_device = _distributed_setup(cfg.device)
+    lead = rank == 0
+    own_dir = Path(run_dir)
+    run_dir = Path(_broadcast(str(own_dir), world))
+    if not lead:
+        _drop_stray_run_dir(own_dir, run_dir)
+    resume_from = find_resume_checkpoint(cfg.train.resume, run_dir) if lead else None
+    resume_from = _broadcast(resume_from, world)
     state = None
     if resume_from is not None:
         state = load_checkpoint(resume_from)
@@ -120,19 +252,28 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
         cfg = from_dict(state["config"])
         cfg.device = requested_device
         run_dir = resume_from.parent.parent
-        print(f"[dsae] resuming {run_dir} from step {state['step']} of {cfg.train.steps}")
+        if lead:
+            print(f"[dsae] resuming {run_dir} from step {state['step']} of {cfg.train.steps}")
     _check(cfg)
-    device = resolve_device(cfg.device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    if cfg.train.batch_size % world:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by the {world} processes")
+    device = dist_device or resolve_device(cfg.device)
+    if lead:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
 
     seed_everything(cfg.seed)
-    dataset = ensure_dataset(cfg)
+    dataset = ensure_dataset(cfg) if lead else None
+    _barrier(world)
+    if not lead:
+        dataset = load_dataset(dataset_dir(cfg), verify=False)
     train_eps, val_eps = dataset.split(cfg.data.val_fraction)
     model = DeepSpatialAutoencoder(cfg.model, dataset.image_size).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.train.lr_schedule, cfg.train.steps))
-    sampler = TripleSampler(dataset.frames, train_eps, device, seed=cfg.seed)
+    trainer = TrainStep(model, cfg.train, device, distributed=world > 1)
+    optimizer, scheduler = trainer.optimizer, trainer.scheduler
+    # Every process draws the same global batch (same seed) and trains on its share.
+    sampler = TripleSampler(dataset.frames, train_eps, device, seed=cfg.seed, on_device=cfg.train.data_on_device)
+    share = slice(rank * cfg.train.batch_size // world, (rank + 1) * cfg.train.batch_size // world)
     step, elapsed, images_seen, train_time, wandb_id = 0, 0.0, 0, 0.0, None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -144,13 +285,16 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
         images_seen, train_time = state["images_seen"], state["train_time_s"]
         wandb_id = state.get("wandb_id")
 
-    logger = Logger(cfg.logger, run_dir, to_dict(cfg), name=run_dir.name, resume_id=wandb_id)
+    logger = Logger(cfg.logger if lead else LoggerConfig(backend="none", mode="disabled"),
+                    run_dir, to_dict(cfg), name=run_dir.name, resume_id=wandb_id, write_files=lead)
     val_frames = dataset.frames[val_eps].reshape(-1, *dataset.frames.shape[2:])
     rng = np.random.default_rng(cfg.seed)
     val_subset = val_frames[np.sort(rng.choice(len(val_frames), min(1024, len(val_frames)), replace=False))]
     show = torch.from_numpy(val_frames[np.linspace(0, len(val_frames) - 1, 8).astype(int)]).to(device)
 
-    def checkpoint() -> Path:
+    def checkpoint() -> Optional[Path]:
+        if not lead:
+            return None
         return save_checkpoint(run_dir / CHECKPOINT, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "step": step, "config": to_dict(cfg),
@@ -169,29 +313,24 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
 
     totals = {"loss": 0.0, "recon_mse": 0.0, "slow": 0.0}
     count = 0
-    bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not (progress and lead),
+               dynamic_ncols=True)
     try:
         while step < cfg.train.steps:
-            model.train()
             t0 = time.perf_counter()
-            batch = sampler.sample(cfg.train.batch_size)
-            loss, parts = model.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at step {step + 1}; lower train.lr")
+            batch = sampler.sample(cfg.train.batch_size)[share]
+            parts = trainer(batch)
+            if not torch.isfinite(parts["loss"]):
+                raise FloatingPointError(f"loss became {float(parts['loss'])} at step {step + 1}; lower train.lr")
             step += 1
-            images_seen += batch.shape[0] * 3
+            images_seen += cfg.train.batch_size * 3
             for k in totals:
                 totals[k] += float(parts[k])
             count += 1
             train_time += time.perf_counter() - t0
             bar.update(1)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                totals = _mean_over_processes(totals, world, device)
                 scalars = {f"train/{k}": v / count for k, v in totals.items()}
                 scalars["train/images_per_s"] = images_seen / max(train_time, 1e-9)
                 scalars["train/lr"] = scheduler.get_last_lr()[0]
@@ -200,9 +339,9 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
                 bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", img_s=f"{scalars['train/images_per_s']:.0f}")
                 totals = dict.fromkeys(totals, 0.0)
                 count = 0
-            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+            if lead and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):
                 logger.log({"val/recon_mse": reconstruction_mse(model, val_subset, device)}, step)
-            if step % cfg.train.image_every == 0 or step == cfg.train.steps:
+            if lead and (step % cfg.train.image_every == 0 or step == cfg.train.steps):
                 log_images()
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
                 checkpoint()
@@ -210,8 +349,12 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
         bar.close()
 
     ckpt_path = run_dir / CHECKPOINT
-    if not ckpt_path.exists():  # steps was already reached by the checkpoint we resumed from
+    if lead and not ckpt_path.exists():  # steps was already reached by the checkpoint we resumed from
         checkpoint()
+    if not lead:
+        logger.close()
+        _barrier(world)
+        return {}
     print("[dsae] evaluating: linear probe on held-out episodes")
     metrics = {
         **probe_dataset(model.encoder, dataset, train_eps, val_eps, device, cfg.train.probe_frames, cfg.seed),
@@ -226,9 +369,11 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
         "num_keypoints": cfg.model.num_keypoints,
         "device": str(device),
         "held_out_episodes": int(len(val_eps)),
+        "processes": world,
     }
     logger.summary({k: v for k, v in metrics.items() if not isinstance(v, dict)})
     logger.log({f"probe/r2_{o}": v for o, v in metrics["probe_r2"].items() if v is not None}, step)
     logger.close()
     (run_dir / METRICS).write_text(json.dumps(metrics, indent=2))
+    _barrier(world)
     return metrics

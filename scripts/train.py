@@ -2,6 +2,7 @@
 
 Collects the dataset first when it is missing, then trains, evaluates the linear probe on
 held-out episodes and writes metrics.json into the run folder (printed at the end).
+Several processes: `torchrun --nproc_per_node=N scripts/train.py ...` (DistributedDataParallel).
 """
 
 import json
@@ -19,7 +20,8 @@ def main(cfg) -> None:
     from dsae.train import run_training
 
     metrics = run_training(to_config(cfg), HydraConfig.get().runtime.output_dir)
-    print(json.dumps(metrics, indent=2))
+    if metrics:  # under torchrun, only rank 0 reports
+        print(json.dumps(metrics, indent=2))
 
 
 if __name__ == "__main__":

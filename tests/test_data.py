@@ -88,3 +88,12 @@ def test_sampler_is_reproducible_from_its_state():
     a = s.sample(5)
     s.generator.set_state(state)
     torch.testing.assert_close(s.sample(5), a)
+
+
+def test_host_and_device_paths_sample_the_same_batches():
+    frames = np.random.default_rng(0).integers(0, 255, (5, 9, 4, 4, 3), dtype=np.uint8)
+    on = TripleSampler(frames, np.arange(5), torch.device("cpu"), seed=3, on_device=True)
+    off = TripleSampler(frames, np.arange(5), torch.device("cpu"), seed=3, on_device=False)
+    assert on.on_device and not off.on_device
+    for _ in range(3):
+        torch.testing.assert_close(on.sample(16), off.sample(16))

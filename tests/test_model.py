@@ -74,7 +74,7 @@ def test_slow_term_is_zero_for_constant_velocity():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(num_keypoints=8), "project=true"),
+    (dict(num_keypoints=8, project=False), "project=true"),
     (dict(padding="full"), "padding"),
     (dict(norm="layer"), "norm"),
     (dict(decoder="transformer"), "decoder"),
@@ -86,9 +86,13 @@ def test_bad_model_config(kwargs, match):
 
 
 def test_projection_to_k_keypoints():
-    model = DeepSpatialAutoencoder(ModelConfig(num_keypoints=8, project=True), 64)
-    kp, _ = model(torch.zeros(1, 64, 64, 3, dtype=torch.uint8))
-    assert kp.shape == (1, 8, 2)
+    for project in (True, None):  # None: a projection because 8 differs from the last conv's 16
+        model = DeepSpatialAutoencoder(ModelConfig(num_keypoints=8, project=project), 64)
+        kp, _ = model(torch.zeros(1, 64, 64, 3, dtype=torch.uint8))
+        assert kp.shape == (1, 8, 2)
+        assert model.encoder.features[-1].out_channels == 8
+    plain = DeepSpatialAutoencoder(ModelConfig(), 64)  # 16 = 16: no projection
+    assert not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in plain.encoder.features)
 
 
 def test_too_small_image_is_rejected():
