@@ -142,3 +142,28 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == 20
     assert (tmp_path / "ddp" / "checkpoints" / "last.pt").exists()
+
+
+def test_multirun_sweep_gives_each_run_its_folder(tmp_path):
+    """Hydra multirun over keypoints x seeds, then the same sweep through submitit (its local
+    executor, which runs the SLURM launcher's code path on this machine)."""
+    base = [a for a in tiny_overrides(tmp_path, "unused", 10) if not a.startswith("hydra.run.dir=")]
+    script("collect.py", *base, f"hydra.run.dir={tmp_path / 'collect'}")  # jobs share the dataset
+    sweep = tmp_path / "sweep"
+    script("train.py", "-m", *base, "logger=none", "model.num_keypoints=4,8", "seed=0,1",
+           f"hydra.sweep.dir={sweep}")
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in runs] == ["0", "1", "2", "3"]
+    seen = set()
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        config = json.loads((run / "config.json").read_text())
+        seen.add((metrics["num_keypoints"], config["seed"]))
+    assert seen == {(4, 0), (4, 1), (8, 0), (8, 1)}
+
+    local = tmp_path / "submitit"
+    script("train.py", "-m", *base, "logger=none", "seed=0,1", "hydra/launcher=submitit_local",
+           "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={local}")
+    for job in ("0", "1"):
+        assert json.loads((local / job / "metrics.json").read_text())["steps"] == 10
+    assert (local / ".submitit").is_dir(), "the jobs went through submitit"
