@@ -30,13 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 MODES = ("state", "pixels", "keypoints")
 
 
-def zero_action_return(episodes: int) -> float:
-    """Mean return of the do-nothing policy on the evaluation episodes."""
+def zero_action_return(env_settings: dict, episodes: int) -> float:
+    """Mean return of the do-nothing policy on the evaluation episodes of the runs' env."""
     sys.path.insert(0, str(REPO))
     from dsae.rl import evaluate_policy
     from envs import make_env
+    from envs.core import EnvConfig
 
-    env = make_env("reacher")
+    env = make_env(EnvConfig(**env_settings))
     returns = evaluate_policy(env, lambda obs: np.zeros(env.action_space.shape, dtype=np.float32), episodes)
     env.close()
     return float(np.mean(returns))
@@ -131,7 +132,8 @@ def main() -> None:
 
     episodes = results["state"][0]["eval_episodes"]
     random_return = float(np.mean([m["random_return"] for ms in results.values() for m in ms]))
-    zero_return = zero_action_return(episodes)
+    state_env = json.loads((out / "state-seed0" / "config.json").read_text())["env"]
+    zero_return = zero_action_return(state_env, episodes)
     state_return = float(np.mean([m["eval_return_mean"] for m in results["state"]]))
     summary: dict = {"env": "Reacher-v5", "steps": args.steps, "encoder": str(encoder), "eval_episodes": episodes,
                      "random_return": random_return, "zero_action_return": zero_return, "state_return": state_return,

@@ -41,7 +41,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     resume: Optional[str] = None  # "true"/"latest": newest unfinished run; or a run folder / checkpoint path
     probe_frames: int = 6000  # at most this many training frames fit the linear probe
-    amp: str = "auto"  # "auto": bf16 autocast on CUDA, float32 on CPU; "bf16"; "none" (float32)
+    amp: str = "auto"  # "auto": bf16 autocast on CUDA and on CPUs with native bf16; "bf16"; "none" (float32)
     channels_last: Optional[bool] = None  # None: on CUDA only (measured slower on CPU)
     compile: bool = False  # torch.compile the training step's forward and loss
     data_on_device: Optional[bool] = None  # keep uint8 frames on the device; None: when they fit

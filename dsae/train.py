@@ -122,6 +122,15 @@ class _Loss(torch.nn.Module):
         return self.model.loss(triples)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 class TrainStep:
     """One optimisation step of a DSAE, with the speed options of ``TrainConfig``.
 
@@ -137,7 +146,8 @@ class TrainStep:
         self.channels_last = cuda if cfg.channels_last is None else cfg.channels_last
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and cuda) else None
+        auto_bf16 = cuda or (device.type == "cpu" and cpu_has_native_bf16())
+        self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and auto_bf16) else None
         loss: torch.nn.Module = _Loss(model)
         if distributed:
             from torch.nn.parallel import DistributedDataParallel

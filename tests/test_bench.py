@@ -34,3 +34,48 @@ def test_render_benchmark(tmp_path):
     rows = {r["env"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"reacher", "pusher"}
     assert all(r["frames_per_s"] > 0 and r["stock_shadows_frames_per_s"] > 0 for r in rows.values())
+
+
+def test_train_throughput_benchmark(tmp_path):
+    out = tmp_path / "tp.json"
+    run("train_throughput.py", "--models", "default", "--steps", "2", "--warmup", "1", "--episodes", "6",
+        "--workers", "0", "--data", str(tmp_path / "data"), "--out", str(out))
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["model"] == "default" and row["device"] == "cpu" and row["image_size"] == 64
+    assert row["reference"]["images_per_s"] > 0 and row["framework"]["images_per_s"] > 0
+    assert row["speedup"] == row["framework"]["images_per_s"] / row["reference"]["images_per_s"]
+
+
+def test_collect_scaling_benchmark(tmp_path):
+    out = tmp_path / "collect.json"
+    run("collect_scaling.py", "--workers", "1", "2", "--episodes", "4", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["workers"] for r in rows] == [1, 2]
+    assert all(r["frames"] == 4 * 51 and r["frames_per_s"] > 0 for r in rows)
+    assert rows[0]["speedup_vs_1"] == 1.0
+
+
+def test_rl_benchmark(tmp_path):
+    """Three modes at a tiny budget: the JSON maps each mode to its normalised score."""
+    from dsae.checkpoint import save_checkpoint
+    from dsae.config import to_dict
+    from dsae.model import DeepSpatialAutoencoder
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    enc = tmp_path / "enc"
+    save_checkpoint(enc / "checkpoints" / "last.pt", {
+        "model": DeepSpatialAutoencoder(cfg.model, 32).state_dict(), "config": to_dict(cfg), "image_size": 32})
+    out = tmp_path / "rl"
+    run("rl_reacher.py", "--encoder", str(enc), "--steps", "60", "--seeds", "2", "--pixel-seeds", "1",
+        "--out", str(out), "rl.init_steps=24", "rl.batch_size=8", "rl.hidden=[16]", "rl.eval_every=24",
+        "rl.eval_episodes=1", "rl.checkpoint_every=24", "rl.pixel_channels=4", "env.max_episode_steps=12",
+        "env.image_size=32")
+    summary = json.loads((out / "rl_reacher.json").read_text())
+    assert set(summary["normalised_score"]) == {"state", "pixels", "keypoints"}
+    assert summary["normalised_score"]["state"] == pytest.approx(1.0)
+    assert len(summary["modes"]["state"]["final_returns"]) == len(summary["modes"]["keypoints"]["final_returns"]) == 2
+    assert len(summary["modes"]["pixels"]["final_returns"]) == 1
+    assert summary["steps"] == 60 and (out / "rl_reacher.png").stat().st_size > 0
+    for mode, info in summary["modes"].items():
+        assert all(c[-1]["env_step"] == 60 for c in info["curves"]), mode
