@@ -26,6 +26,8 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/spatial_softmax.py
 	$(PY) bench/render.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/collect_scaling.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

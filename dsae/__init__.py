@@ -5,11 +5,13 @@ Public API::
     from dsae import DeepSpatialAutoencoder, SpatialSoftmax, load_encoder
     encoder = load_encoder("outputs/<run>/checkpoints/last.pt")  # uint8 (B, H, W, 3) -> (B, K, 2)
     keypoints = dsae.spatial_soft_argmax(features)                # (B, C, H, W) -> (B, C, 2)
+    env = dsae.KeypointObservation(make_env(...), encoder)        # gymnasium: keypoints + proprio
 """
 
 from dsae import numpy_ref
 from dsae.api import KeypointEncoder, load_encoder
 from dsae.model import DeepSpatialAutoencoder, ModelConfig
+from dsae.wrappers import KeypointObservation, KeypointObservationVector, PixelObservation
 from dsae.spatial_softmax import (
     SoftArgmaxResult,
     SpatialSoftmax,
@@ -26,6 +28,8 @@ from dsae.spatial_softmax import (
 __all__ = [
     "DeepSpatialAutoencoder",
     "KeypointEncoder",
+    "KeypointObservation",
+    "KeypointObservationVector",
     "ModelConfig",
     "SoftArgmaxResult",
     "SpatialSoftmax",
@@ -34,6 +38,7 @@ __all__ = [
     "from_tf_contrib",
     "load_encoder",
     "numpy_ref",
+    "PixelObservation",
     "spatial_soft_argmax",
     "spatial_soft_argmax_full",
     "to_kornia",

@@ -11,6 +11,7 @@ from tests.conftest import tiny_config
 
 def test_public_api_names():
     for name in ("DeepSpatialAutoencoder", "SpatialSoftmax", "load_encoder", "spatial_soft_argmax", "numpy_ref",
+                 "KeypointObservation", "KeypointObservationVector", "PixelObservation",
                  "to_tf_contrib", "from_tf_contrib", "to_kornia", "from_kornia"):
         assert hasattr(dsae, name)
 

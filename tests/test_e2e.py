@@ -167,3 +167,31 @@ def test_multirun_sweep_gives_each_run_its_folder(tmp_path):
     for job in ("0", "1"):
         assert json.loads((local / job / "metrics.json").read_text())["steps"] == 10
     assert (local / ".submitit").is_dir(), "the jobs went through submitit"
+
+
+def test_killed_ddp_run_resumes(tmp_path):
+    """A 2-process run killed after its first checkpoint resumes under torchrun to the end."""
+    args = tiny_overrides(tmp_path, "ddp", 200) + ["logger=none", "train.checkpoint_every=10"]
+    script("collect.py", *args)
+    env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "scripts" / "train.py"), *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    ckpt = tmp_path / "ddp" / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    # torchrun's workers live in their own process groups: kill them by their command line.
+    subprocess.run(["pkill", "-KILL", "-f", f"hydra.run.dir={tmp_path / 'ddp'}"], check=False)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < killed_at < 200 and not (tmp_path / "ddp" / "metrics.json").exists()
+    done = subprocess.run(cmd + [f"train.resume={tmp_path / 'ddp'}"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"from step {killed_at} of 200" in done.stdout
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["steps"] == 200 and metrics["processes"] == 2
