@@ -160,10 +160,9 @@ class Setup:
         return SACAgent(cfg.rl, obs_encoder, action_dim).to(self.device)
 
 
-def scale_action(env: gym.Env, action: np.ndarray) -> np.ndarray:
-    """[-1, 1] -> the env's action box."""
-    low, high = env.action_space.low, env.action_space.high
-    return (low + (action + 1.0) * 0.5 * (high - low)).astype(env.action_space.dtype)
+def scale_action(space: gym.spaces.Box, action: np.ndarray) -> np.ndarray:
+    """[-1, 1] -> the action box ``space``."""
+    return (space.low + (action + 1.0) * 0.5 * (space.high - space.low)).astype(space.dtype)
 
 
 def evaluate_policy(env: gym.Env, act, episodes: int) -> list[float]:
@@ -173,7 +172,7 @@ def evaluate_policy(env: gym.Env, act, episodes: int) -> list[float]:
         obs, _ = env.reset(seed=EVAL_SEED + i)
         total, done = 0.0, False
         while not done:
-            obs, reward, terminated, truncated, _ = env.step(scale_action(env, act(obs)))
+            obs, reward, terminated, truncated, _ = env.step(scale_action(env.action_space, act(obs)))
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -289,7 +288,7 @@ def run_rl(cfg: RLRunConfig, run_dir: Path | str) -> dict[str, Any]:
                 action = rng.uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32)
             else:
                 action = agent.act(obs)
-            next_obs, reward, terminated, truncated, _ = env.step(scale_action(env, action))
+            next_obs, reward, terminated, truncated, _ = env.step(scale_action(env.action_space, action))
             buffer.add(obs, action, reward, next_obs, terminated)
             obs = next_obs
             step += 1
@@ -380,7 +379,7 @@ class Policy:
         env.close()
         self.agent.load_state_dict(state["agent"])
         self.agent.eval()
-        self._low, self._high = env.action_space.low, env.action_space.high
+        self.action_space = env.action_space
 
     @property
     def env_config(self) -> EnvConfig:
@@ -395,5 +394,4 @@ class Policy:
 
     def act(self, obs: Any) -> np.ndarray:
         """Deterministic action, already scaled to the env's action box."""
-        action = self.agent.act(obs, deterministic=True)
-        return (self._low + (action + 1.0) * 0.5 * (self._high - self._low)).astype(self._low.dtype)
+        return scale_action(self.action_space, self.agent.act(obs, deterministic=True))
