@@ -8,7 +8,8 @@ env settings they bring), on the same episode files:
 
 - ``framework``: ``dsae.train.TrainStep`` with the preset's ``train`` settings (bf16 autocast
   where the device supports it, channels-last on CUDA) fed by ``TripleSampler``, which keeps
-  the uint8 frames on the device and gathers each batch there; plus the same with
+  the uint8 frames on the device and gathers each batch there; the same with
+  ``train.amp=none`` (``framework_float32``: what the data path alone gives); and with
   ``train.compile=true`` (``--compile``, off by default: compiling takes minutes on a CPU);
 - ``reference``: the loop one would write first: a ``torch.utils.data.Dataset`` that reads a
   triple from its episode file per item and returns float32 in [0, 1], a ``DataLoader``
@@ -72,7 +73,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def framework_rate(cfg, dataset, device, steps: int, warmup: int, compile_: bool) -> dict:
+def framework_rate(cfg, dataset, device, steps: int, warmup: int, compile_: bool, amp: str | None = None) -> dict:
     from dataclasses import replace
 
     from dsae.data import TripleSampler
@@ -82,7 +83,7 @@ def framework_rate(cfg, dataset, device, steps: int, warmup: int, compile_: bool
     torch.manual_seed(0)
     train_eps, _ = dataset.split(cfg.data.val_fraction)
     model = DeepSpatialAutoencoder(cfg.model, dataset.image_size).to(device)
-    step = TrainStep(model, replace(cfg.train, compile=compile_), device)
+    step = TrainStep(model, replace(cfg.train, compile=compile_, amp=amp or cfg.train.amp), device)
     sampler = TripleSampler(dataset.frames, train_eps, device, seed=0, on_device=cfg.train.data_on_device)
     for _ in range(warmup):
         step(sampler.sample(cfg.train.batch_size))
@@ -168,15 +169,18 @@ def main() -> None:
             device = torch.device(dev)
             ref = reference_rate(cfg, dataset, device, args.steps, args.warmup, args.workers)
             ours = framework_rate(cfg, dataset, device, args.steps, args.warmup, False)
+            fp32 = framework_rate(cfg, dataset, device, args.steps, args.warmup, False, amp="none")
             row = {"model": name, "device": dev, "image_size": dataset.image_size, "batch_triples": cfg.train.batch_size,
-                   "reference": ref, "framework": ours, "speedup": ours["images_per_s"] / ref["images_per_s"]}
+                   "reference": ref, "framework": ours, "speedup": ours["images_per_s"] / ref["images_per_s"],
+                   "framework_float32": fp32, "speedup_float32": fp32["images_per_s"] / ref["images_per_s"]}
             if args.compile:
                 compiled = framework_rate(cfg, dataset, device, args.steps, args.warmup, True)
                 row["framework_compiled"] = compiled
                 row["speedup_compiled"] = compiled["images_per_s"] / ref["images_per_s"]
             rows.append(row)
             print(f"{name:9s} {dev:5s} reference {ref['images_per_s']:8.1f} img/s | framework "
-                  f"{ours['images_per_s']:8.1f} img/s ({ours['amp']}) | {row['speedup']:.2f}x"
+                  f"{ours['images_per_s']:8.1f} img/s ({ours['amp']}) | {row['speedup']:.2f}x | float32 step "
+                  f"{row['speedup_float32']:.2f}x"
                   + (f" | compiled {row['speedup_compiled']:.2f}x" if args.compile else ""))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
