@@ -94,27 +94,28 @@ def register() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
-def to_config(cfg: Any) -> Config:
-    """An OmegaConf DictConfig (from Hydra) or a Config -> a Config dataclass instance."""
-    if isinstance(cfg, Config):
+def to_config(cfg: Any, schema: type = Config) -> Any:
+    """An OmegaConf DictConfig (from Hydra) or a ``schema`` instance -> a ``schema`` dataclass
+    instance (``Config``, or e.g. ``dsae.rl.RLRunConfig``)."""
+    if isinstance(cfg, schema):
         return cfg
     from omegaconf import OmegaConf
 
     obj = OmegaConf.to_object(cfg)
-    if not isinstance(obj, Config):
-        raise TypeError(f"expected a config composed on base_config, got {type(obj).__name__}")
+    if not isinstance(obj, schema):
+        raise TypeError(f"expected a config composed on the {schema.__name__} schema, got {type(obj).__name__}")
     return obj
 
 
-def to_dict(cfg: Config) -> dict[str, Any]:
-    """A Config as plain dicts and lists (for JSON, checkpoints and loggers)."""
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as plain dicts and lists (for JSON, checkpoints and loggers)."""
     from dataclasses import asdict
 
     return asdict(cfg)
 
 
-def from_dict(data: dict[str, Any]) -> Config:
-    """The inverse of :func:`to_dict`, checked against the schema."""
+def from_dict(data: dict[str, Any], schema: type = Config) -> Any:
+    """The inverse of :func:`to_dict`, checked against ``schema``."""
     from omegaconf import OmegaConf
 
-    return to_config(OmegaConf.merge(OmegaConf.structured(Config), data))
+    return to_config(OmegaConf.merge(OmegaConf.structured(schema), data), schema)

@@ -27,7 +27,7 @@ import copy
 import csv
 import json
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from dsae.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from dsae.config import LoggerConfig, from_dict
+from dsae.config import LoggerConfig, from_dict, to_dict
 from dsae.device import resolve_device
 from dsae.logger import Logger
 from dsae.sac import DSAEFeatures, ObsEncoder, PixelEncoder, ReplayBuffer, SACAgent, SACConfig
@@ -73,25 +73,6 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="rl_base_config", node=RLRunConfig)
-
-
-def to_rl_config(cfg: Any) -> RLRunConfig:
-    if isinstance(cfg, RLRunConfig):
-        return cfg
-    from omegaconf import OmegaConf
-
-    if isinstance(cfg, dict):
-        cfg = OmegaConf.merge(OmegaConf.structured(RLRunConfig), cfg)
-    obj = OmegaConf.to_object(cfg)
-    if not isinstance(obj, RLRunConfig):
-        raise TypeError(f"expected a config composed on rl_base_config, got {type(obj).__name__}")
-    return obj
-
-
-def rl_to_dict(cfg: RLRunConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(cfg)
 
 
 def _check(cfg: RLRunConfig) -> None:
@@ -200,7 +181,7 @@ def run_rl(cfg: RLRunConfig, run_dir: Path | str) -> dict[str, Any]:
     if resume_from is not None:
         state = load_checkpoint(resume_from)
         requested = (cfg.device, cfg.threads, cfg.progress)
-        cfg = to_rl_config(state["config"])
+        cfg = from_dict(state["config"], RLRunConfig)
         cfg.device, cfg.threads, cfg.progress = requested
         run_dir = resume_from.parent.parent
         print(f"[dsae] resuming {run_dir} from env step {state['step']} of {cfg.rl.steps}")
@@ -209,7 +190,7 @@ def run_rl(cfg: RLRunConfig, run_dir: Path | str) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(rl_to_dict(cfg), indent=2))
+    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     seed_everything(cfg.seed)
 
     setup = Setup(cfg, device)
@@ -238,7 +219,7 @@ def run_rl(cfg: RLRunConfig, run_dir: Path | str) -> dict[str, Any]:
             eval_env, lambda o: rng.uniform(-1.0, 1.0, env.action_space.shape), r.eval_episodes)))
         print(f"[dsae] random policy on the {r.eval_episodes} evaluation episodes: mean return {random_return:.2f}")
 
-    logger = Logger(cfg.logger, run_dir, rl_to_dict(cfg), name=run_dir.name, resume_id=wandb_id)
+    logger = Logger(cfg.logger, run_dir, to_dict(cfg), name=run_dir.name, resume_id=wandb_id)
     new_csv = not (run_dir / RETURNS_CSV).exists()
     csv_file = open(run_dir / RETURNS_CSV, "a", newline="")
     writer = csv.writer(csv_file)
@@ -266,12 +247,12 @@ def run_rl(cfg: RLRunConfig, run_dir: Path | str) -> dict[str, Any]:
 
     def checkpoint() -> None:
         save_checkpoint(run_dir / CHECKPOINT, {
-            "model": "sac", "agent": agent.state_dict(), "config": rl_to_dict(cfg),
+            "model": "sac", "agent": agent.state_dict(), "config": to_dict(cfg),
             **{name: getattr(agent, name).state_dict() for name in ("critic_opt", "actor_opt", "alpha_opt")},
             "buffer": buffer.state_dict(), "rng": {**rng_state(), "numpy_generator": rng.bit_generator.state},
             "step": step, "episode": episode, "elapsed_s": wall(), "evals": evals,
-            "random_return": random_return, "wandb_id": logger.run_id, "env": rl_to_dict(cfg)["env"],
-            "env_resolved": {f.name: getattr(setup.env_cfg, f.name) for f in fields(EnvConfig)},
+            "random_return": random_return, "wandb_id": logger.run_id,
+            "env_resolved": to_dict(setup.env_cfg),
         })
 
     next_eval = (step // r.eval_every + 1) * r.eval_every
@@ -371,7 +352,7 @@ class Policy:
         state = load_checkpoint(Path(path) if not Path(path).is_dir() else Path(path) / CHECKPOINT)
         if state.get("model") != "sac":
             raise CheckpointError(f"{path} is not an RL agent checkpoint (scripts/train_rl.py writes those)")
-        self.cfg = to_rl_config(state["config"])
+        self.cfg = from_dict(state["config"], RLRunConfig)
         self.device = resolve_device(device)
         self.setup = Setup(self.cfg, self.device)
         env = self.setup.make_env()

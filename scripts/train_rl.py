@@ -10,7 +10,8 @@ import json
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from dsae.rl import register, to_rl_config
+from dsae.config import to_config
+from dsae.rl import RLRunConfig, register
 
 register()
 
@@ -19,7 +20,7 @@ register()
 def main(cfg) -> None:
     from dsae.rl import run_rl
 
-    metrics = run_rl(to_rl_config(cfg), HydraConfig.get().runtime.output_dir)
+    metrics = run_rl(to_config(cfg, RLRunConfig), HydraConfig.get().runtime.output_dir)
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("curve", "eval_returns")}, indent=2))
 
 
