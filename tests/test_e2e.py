@@ -36,6 +36,24 @@ def script(name: str, *args: str, check: bool = True, **kw) -> subprocess.Comple
     return proc
 
 
+def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, checkpoint: str = "last.pt") -> int:
+    """Start ``cmd`` (a run writing into ``run_dir``), SIGKILL it and every process it started as
+    soon as its first checkpoint exists, and return the step that checkpoint holds."""
+    env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    ckpt = run_dir / "checkpoints" / checkpoint
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    # torchrun's workers live in their own process groups: kill them by their command line too.
+    subprocess.run(["pkill", "-KILL", "-f", f"hydra.run.dir={run_dir}"], check=False)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    return torch.load(ckpt, weights_only=False)["step"]
+
+
 def test_collect_train_evaluate(tmp_path):
     out = script("collect.py", *tiny_overrides(tmp_path, "collect"))
     assert "dataset ready" in out.stdout
@@ -61,16 +79,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     steps = 300
     args = tiny_overrides(tmp_path, "killed", steps) + ["logger=none", "train.checkpoint_every=20"]
     script("collect.py", *args)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = tmp_path / "killed" / "checkpoints" / "last.pt"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    killed_at = kill_after_first_checkpoint([sys.executable, str(REPO / "scripts" / "train.py"), *args],
+                                            tmp_path / "killed")
     assert 0 < killed_at < steps, f"the run was meant to be killed mid-way (checkpoint at {killed_at})"
     assert not (tmp_path / "killed" / "metrics.json").exists()
 
@@ -177,18 +187,7 @@ def test_killed_ddp_run_resumes(tmp_path):
     env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "scripts" / "train.py"), *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    ckpt = tmp_path / "ddp" / "checkpoints" / "last.pt"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    # torchrun's workers live in their own process groups: kill them by their command line.
-    subprocess.run(["pkill", "-KILL", "-f", f"hydra.run.dir={tmp_path / 'ddp'}"], check=False)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(0.5)
-    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    killed_at = kill_after_first_checkpoint(cmd, tmp_path / "ddp")
     assert 0 < killed_at < 200 and not (tmp_path / "ddp" / "metrics.json").exists()
     done = subprocess.run(cmd + [f"train.resume={tmp_path / 'ddp'}"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)

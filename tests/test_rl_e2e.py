@@ -1,17 +1,13 @@
 """scripts/train_rl.py end to end on tiny configs: train -> checkpoint -> kill -> resume -> evaluate."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from tests.test_e2e import REPO, script
+from tests.test_e2e import REPO, kill_after_first_checkpoint, script
 from tests.test_wrappers import tiny_encoder_path  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
@@ -27,16 +23,9 @@ def tiny_rl(tmp, run: str, steps: int = 240, *extra: str) -> list[str]:
 def test_killed_sac_run_resumes_to_the_same_agent(tmp_path):
     steps = 1200
     args = tiny_rl(tmp_path, "killed", steps, "obs=state")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train_rl.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt = tmp_path / "killed" / "checkpoints" / "agent.pt"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    killed_at = kill_after_first_checkpoint([sys.executable, str(REPO / "scripts" / "train_rl.py"), *args],
+                                            tmp_path / "killed", "agent.pt")
     assert 0 < killed_at < steps, f"the run was meant to be killed mid-way (checkpoint at {killed_at})"
 
     out = script("train_rl.py", *tiny_rl(tmp_path, "other-folder", steps, "obs=state"),
