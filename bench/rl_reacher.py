@@ -100,18 +100,18 @@ def main() -> None:
         while pending and len(running) < args.workers:
             mode, seed = pending.pop(0)
             run_dir = out / f"{mode}-seed{seed}"
+            if (run_dir / "metrics.json").exists():
+                results[mode].append(json.loads((run_dir / "metrics.json").read_text()))
+                print(f"[bench] {mode} seed {seed}: already done")
+                continue
             log = run_dir.with_suffix(".log")
             cmd = [sys.executable, str(REPO / "scripts" / "train_rl.py"), f"obs={mode}", f"seed={seed}",
                    f"rl.steps={args.steps}", "threads=1", "progress=false", "logger=none",
                    f"device={args.device}", f"hydra.run.dir={run_dir}", *args.overrides]
             if mode == "keypoints":
                 cmd.append(f"encoder={encoder}")
-            if (run_dir / "checkpoints" / "agent.pt").exists() and not (run_dir / "metrics.json").exists():
+            if (run_dir / "checkpoints" / "agent.pt").exists():
                 cmd.append("resume=true")  # an interrupted benchmark picks its runs up where they stopped
-            if (run_dir / "metrics.json").exists():
-                results[mode].append(json.loads((run_dir / "metrics.json").read_text()))
-                print(f"[bench] {mode} seed {seed}: already done")
-                continue
             print(f"[bench] start {mode} seed {seed}")
             running.append((mode, seed, subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT),
                             time.perf_counter(), run_dir))

@@ -142,6 +142,15 @@ def temperature_panel(model, frame: np.ndarray, temperatures: list[float], devic
     return np.concatenate([column, np.full((grid.shape[0], 6, 3), 255, np.uint8), grid], axis=1)
 
 
+def require_source(checkpoint: Optional[str], policy: Optional[str]) -> None:
+    """Fail, naming the fix, when there is neither a DSAE checkpoint nor a policy to film."""
+    if not checkpoint and not policy:
+        from dsae.checkpoint import CheckpointError
+
+        raise CheckpointError("no checkpoint given: pass checkpoint=PATH (a .pt file or a run folder), "
+                              "or policy=PATH (a scripts/train_rl.py run)")
+
+
 def visualize(checkpoint: Optional[str], out_dir: Path | str, cfg: VisConfig, episodes: int = 3,
               device: Optional[str] = "auto", env_name: Optional[str] = None, logger=None,
               progress: bool = True, policy: Optional[str] = None) -> dict:
@@ -159,6 +168,7 @@ def visualize(checkpoint: Optional[str], out_dir: Path | str, cfg: VisConfig, ep
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    require_source(checkpoint, policy)
     agent = None
     if policy is not None:
         from dsae.rl import Policy
@@ -168,10 +178,6 @@ def visualize(checkpoint: Optional[str], out_dir: Path | str, cfg: VisConfig, ep
         if not checkpoint:
             raise ValueError(f"the policy was trained on obs={agent.cfg.obs}, without a DSAE: pass checkpoint=PATH "
                              "(a scripts/train.py run) to draw its keypoints")
-    if not checkpoint:
-        from dsae.checkpoint import CheckpointError
-
-        raise CheckpointError("no checkpoint given: pass checkpoint=PATH (a .pt file or a run folder)")
     model, state = load_model(checkpoint, device)
     dev = resolve_device(device)
     train_cfg = from_dict(state["config"])

@@ -21,15 +21,12 @@ register()
 def main(cfg) -> None:
     from pathlib import Path
 
-    from dsae.checkpoint import CheckpointError
     from dsae.config import to_dict
     from dsae.logger import Logger
-    from dsae.visualize import visualize
+    from dsae.visualize import require_source, visualize
 
     config = to_config(cfg)
-    if not config.checkpoint and not config.policy:
-        raise CheckpointError("no checkpoint given: pass checkpoint=PATH (a .pt file or a run folder), "
-                              "or policy=PATH (a scripts/train_rl.py run)")
+    require_source(config.checkpoint, config.policy)  # before any run folder or logger is made
     overrides = HydraConfig.get().overrides.task
     env_name = config.env.name if any(o.startswith("env=") or o.startswith("env.name=") for o in overrides) else None
     run_dir = Path(HydraConfig.get().runtime.output_dir)
