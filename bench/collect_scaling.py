@@ -36,11 +36,11 @@ def main() -> None:
     from dsae.collect import collect
     from dsae.config import DataConfig
     from dsae.data import load_dataset
-    from envs.core import EnvConfig
+    from envs import load_scene
 
     if 1 not in args.workers:
         args.workers = [1, *args.workers]  # the baseline
-    env_cfg = EnvConfig(name=args.env, image_size=args.size, randomize_arm=True)
+    env_cfg = load_scene(args.env, image_size=args.size)
     rows = []
     for workers in args.workers:
         with tempfile.TemporaryDirectory(prefix="dsae-collect-") as tmp:

@@ -34,10 +34,10 @@ def zero_action_return(env_settings: dict, episodes: int) -> float:
     """Mean return of the do-nothing policy on the evaluation episodes of the runs' env."""
     sys.path.insert(0, str(REPO))
     from dsae.rl import evaluate_policy
-    from envs import make_env
-    from envs.core import EnvConfig
+    from dsae.config import from_dict
+    from envs import EnvConfig, make_env
 
-    env = make_env(EnvConfig(**env_settings))
+    env = make_env(from_dict(env_settings, EnvConfig))
     returns = evaluate_policy(env, lambda obs: np.zeros(env.action_space.shape, dtype=np.float32), episodes)
     env.close()
     return float(np.mean(returns))

@@ -12,6 +12,7 @@ from dsae.checkpoint import load_checkpoint
 from dsae.config import from_dict
 from dsae.device import resolve_device
 from dsae.model import DeepSpatialAutoencoder, Encoder, to_float_images
+from envs import EnvConfig
 
 
 class KeypointEncoder(nn.Module):
@@ -20,12 +21,15 @@ class KeypointEncoder(nn.Module):
     Accepts uint8 (B, H, W, 3) (as envs and datasets give them) or float (B, 3, H, W) in
     [0, 1], at the training image size; inputs are moved to the encoder's device. Keyword
     options (``return_attention``, ``return_presence``, ...) are those of SpatialSoftmax.
+    ``env_config`` is the scene it was trained on: ``envs.make_env(encoder.env_config)`` renders
+    frames as its training frames were rendered, and the keypoint wrappers refuse other frames.
     """
 
-    def __init__(self, encoder: Encoder, image_size: int):
+    def __init__(self, encoder: Encoder, image_size: int, env_config: Optional[EnvConfig] = None):
         super().__init__()
         self.encoder = encoder
         self.image_size = image_size
+        self.env_config = env_config
         self.num_keypoints = encoder.softmax_channels
 
     @property
@@ -54,7 +58,7 @@ def load_model(path: Path | str, device: Optional[str | torch.device] = None) ->
 def load_encoder(path: Path | str, device: Optional[str | torch.device] = None) -> KeypointEncoder:
     """The frozen encoder of a checkpoint; ``device=None`` picks cuda when present."""
     model, state = load_model(path, device)
-    encoder = KeypointEncoder(model.encoder, state["image_size"]).eval()
+    encoder = KeypointEncoder(model.encoder, state["image_size"], from_dict(state["config"]).env).eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
     return encoder

@@ -29,27 +29,39 @@ from dsae.data import (
     sha256,
     write_manifest,
 )
-from envs.core import EnvConfig
+from envs import EnvConfig
 
 POLICIES = ("pd", "random")
 
 
 class ExplorationPolicy:
-    """Covers the workspace: PD control of each joint towards a random target angle.
+    """Covers the workspace of any actuated MuJoCo model, from what the model declares.
 
-    Targets are drawn uniformly over each joint's range and redrawn after a random hold of
-    ``hold`` steps; Gaussian noise is added to the action. With ``kind="random"`` actions
-    are uniform over the action box instead. Each env slot has its own random stream,
-    seeded per episode by ``reset(seeds)``. Batched: proprio (N, 2J) -> actions (N, A).
+    Each actuator that drives one of the robot's joints steers it towards a random target
+    within the joint's range, redrawn after a random hold of ``hold`` steps: a motor by PD
+    control (torque ``gain * error - damping * velocity`` in units of half its ctrlrange), a
+    position servo by commanding the target; Gaussian noise (``noise`` half-ranges) is added.
+    Other actuators, and every actuator with ``kind="random"``, act uniformly over their
+    ctrlrange. Each env slot has its own random stream, seeded per episode by ``reset(seeds)``.
+    Batched: proprio (N, 2J) -> actions (N, A).
     """
 
-    def __init__(self, joint_ranges: np.ndarray, low: np.ndarray, high: np.ndarray,
-                 kind: str = "pd", gain: float = 3.0, damping: float = 0.15,
+    def __init__(self, env, kind: str = "pd", gain: float = 3.0, damping: float = 0.15,
                  noise: float = 0.2, hold: tuple[int, int] = (4, 12)):
+        import mujoco
+
         if kind not in POLICIES:
             raise ValueError(f"data.policy must be one of {POLICIES}, got {kind!r}")
-        self.kind, self.ranges = kind, np.asarray(joint_ranges, dtype=np.float64)
-        self.low, self.high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+        scene = env.unwrapped
+        model = scene.model
+        self.kind, self.ranges = kind, np.asarray(scene.joint_ranges, dtype=np.float64)  # (J, 2)
+        self.low = np.asarray(env.action_space.low, dtype=np.float64)
+        self.high = np.asarray(env.action_space.high, dtype=np.float64)
+        robot = {int(j): i for i, j in enumerate(scene.joint_ids)}
+        on_joint = model.actuator_trntype == int(mujoco.mjtTrn.mjTRN_JOINT)
+        self.joint = np.array([robot.get(int(model.actuator_trnid[a, 0]), -1) if on_joint[a] else -1
+                               for a in range(model.nu)])  # (A,): robot joint index, or -1
+        self.servo = (model.actuator_biastype == int(mujoco.mjtBias.mjBIAS_AFFINE)) & (model.actuator_biasprm[:, 1] < 0)
         self.gain, self.damping, self.noise, self.hold = gain, damping, noise, hold
         self.rngs: list[np.random.Generator] = []
 
@@ -67,18 +79,23 @@ class ExplorationPolicy:
     def __call__(self, proprio: np.ndarray) -> np.ndarray:
         if len(self.rngs) != proprio.shape[0]:
             raise RuntimeError(f"policy reset for {len(self.rngs)} envs, called with {proprio.shape[0]}")
+        uniform = np.stack([r.uniform(self.low, self.high) for r in self.rngs])
         if self.kind == "random":
-            return np.stack([r.uniform(self.low, self.high) for r in self.rngs])
+            return uniform
         self.timers -= 1
         for k in np.flatnonzero(self.timers <= 0):
             self.targets[k] = self._target(self.rngs[k])
             self.timers[k] = self._hold(self.rngs[k])
         j = len(self.ranges)
-        angle, velocity = proprio[:, :j], proprio[:, j:]
-        error = np.angle(np.exp(1j * (self.targets - angle)))  # wrapped to (-pi, pi]
-        action = (self.gain * error - self.damping * velocity)[:, : len(self.low)]
-        action = action + self.noise * np.stack([r.standard_normal(len(self.low)) for r in self.rngs])
-        return np.clip(action, self.low, self.high)
+        driven = self.joint >= 0
+        index = np.where(driven, self.joint, 0)
+        angle, velocity, target = proprio[:, index], proprio[:, j + index], self.targets[:, index]
+        error = np.angle(np.exp(1j * (target - angle)))  # wrapped to (-pi, pi]
+        mid, half = (self.high + self.low) / 2, (self.high - self.low) / 2
+        pd = mid + half * (self.gain * error - self.damping * velocity)
+        action = np.where(self.servo, target, pd)
+        action = action + self.noise * half * np.stack([r.standard_normal(len(self.low)) for r in self.rngs])
+        return np.clip(np.where(driven, action, uniform), self.low, self.high)
 
 
 def dataset_settings(env_cfg: EnvConfig, data_cfg: DataConfig) -> dict:
@@ -161,8 +178,7 @@ def collect(env_cfg: EnvConfig, data_cfg: DataConfig, root: Path | str | None = 
     probe.reset(seed=data_cfg.seed)
     frame = probe.render()
     objects = probe.object_names
-    policy = ExplorationPolicy(probe.joint_ranges, probe.action_space.low, probe.action_space.high,
-                               kind=data_cfg.policy)
+    policy = ExplorationPolicy(probe, kind=data_cfg.policy)
     probe.close()
     root.mkdir(parents=True, exist_ok=True)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from envs.core import EnvConfig
+from envs import EnvConfig
 from dsae.model import ModelConfig
 
 

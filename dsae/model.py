@@ -40,6 +40,7 @@ class ModelConfig:
     decoder_channels: int = 32  # gaussian: width of its conv layers
     decoder_sigma: float = 0.1  # gaussian: blob std in normalised units ([-1, 1] spans the image)
     slow_weight: float = 0.01  # weight of g_slow in the loss (paper: 1.0)
+    foreground_weight: float = 0.0  # pixels weigh 1 + this * |target - the scene's median image|
 
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:
@@ -188,6 +189,18 @@ class DeepSpatialAutoencoder(nn.Module):
         if size < 2:
             raise ValueError(f"image_size={image_size} is too small for this encoder (its feature maps would be {size}x{size})")
         self.feature_size = (size, size)
+        # The scene's static image (B-independent, (h, w)): the per-pixel median of training frames,
+        # set by set_background() before training; saved with the weights.
+        self.register_buffer("background", torch.full((cfg.recon_size, cfg.recon_size), 0.5))
+
+    @torch.no_grad()
+    def set_background(self, frames: torch.Tensor) -> None:
+        """The per-pixel median of uint8 frames (N, H, W, 3) becomes the scene's static image,
+        which the foreground weighting compares against and the Gaussian decoder starts from."""
+        median = gray_target(frames, self.cfg.recon_size).median(dim=0).values
+        self.background.copy_(median)
+        if isinstance(self.decoder, GaussianDecoder):
+            self.decoder.background.copy_(median)
 
     def forward(self, images: torch.Tensor):
         keypoints = self.encoder(images)
@@ -203,8 +216,14 @@ class DeepSpatialAutoencoder(nn.Module):
         images = triples.flatten(0, 1)
         keypoints, recon = self(images)
         target = gray_target(images, self.cfg.recon_size)
-        recon_loss = F.mse_loss(recon, target)
+        if self.cfg.foreground_weight > 0:
+            # What differs from the static scene (the objects, wherever they are) weighs more.
+            weight = 1.0 + self.cfg.foreground_weight * (target - self.background).abs()
+            recon_loss = (weight * (recon.float() - target) ** 2).mean() / weight.mean()
+        else:
+            recon_loss = F.mse_loss(recon, target)
+        mse = F.mse_loss(recon.detach().float(), target)
         f = keypoints.view(b, 3, -1, 2)
         slow = ((f[:, 2] - f[:, 1]) - (f[:, 1] - f[:, 0])).pow(2).sum(-1).mean()
         total = recon_loss + self.cfg.slow_weight * slow
-        return total, {"loss": total.detach(), "recon_mse": recon_loss.detach(), "slow": slow.detach()}
+        return total, {"loss": total.detach(), "recon_mse": mse, "slow": slow.detach()}

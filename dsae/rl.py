@@ -42,15 +42,12 @@ from dsae.logger import Logger
 from dsae.sac import DSAEFeatures, ObsEncoder, PixelEncoder, ReplayBuffer, SACAgent, SACConfig
 from dsae.train import METRICS, find_resume_checkpoint
 from dsae.wrappers import KeypointObservation, PixelObservation
-from envs.core import EnvConfig, make_env
+from envs import VISUAL_FIELDS, EnvConfig, make_env
 
 OBS_MODES = ("state", "pixels", "keypoints")
 CHECKPOINT = Path("checkpoints") / "agent.pt"
 RETURNS_CSV = "returns.csv"
 EVAL_SEED = 2**30  # evaluation episode i uses seed EVAL_SEED + i in every run
-# Env settings that change what the camera sees: an encoder must get frames like its training data.
-VISUAL_FIELDS = ("image_size", "camera_distance", "camera_azimuth", "camera_elevation", "camera_lookat",
-                 "camera_id", "shadows", "object_radius", "geom_rgba")
 
 
 @dataclass

@@ -59,6 +59,14 @@ def ensure_dataset(cfg: Config) -> Dataset:
     return load_dataset(root)
 
 
+def background_frames(dataset: Dataset, episodes: np.ndarray, seed: int, count: int = 1000) -> np.ndarray:
+    """Up to ``count`` training frames spread over the episodes, uint8 (n, H, W, 3): what the
+    scene's static image (their per-pixel median) is estimated from."""
+    frames = dataset.frames[episodes].reshape(-1, *dataset.frames.shape[2:])
+    pick = np.random.default_rng(seed).choice(len(frames), min(count, len(frames)), replace=False)
+    return frames[np.sort(pick)]
+
+
 def find_resume_checkpoint(resume: Optional[str], run_dir: Path, outputs: Path = Path("outputs"),
                            checkpoint: Path = CHECKPOINT, key: str = "train.resume") -> Optional[Path]:
     """The checkpoint that ``train.resume`` (or ``key``) names, or None for a fresh run.
@@ -279,6 +287,7 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
         dataset = load_dataset(dataset_dir(cfg), verify=False)
     train_eps, val_eps = dataset.split(cfg.data.val_fraction)
     model = DeepSpatialAutoencoder(cfg.model, dataset.image_size).to(device)
+    model.set_background(torch.from_numpy(background_frames(dataset, train_eps, cfg.seed)).to(device))
     trainer = TrainStep(model, cfg.train, device, distributed=world > 1)
     optimizer, scheduler = trainer.optimizer, trainer.scheduler
     # Every process draws the same global batch (same seed) and trains on its share.

@@ -31,19 +31,33 @@ import numpy as np
 import torch
 
 from dsae.tracking import KeypointKalmanFilter, prune
-from envs.core import ENV_SPECS, proprio_features
 
 
-def _arm_joints(env: gym.Env, proprio_joints: Optional[int]) -> int:
-    if proprio_joints is not None:
-        return int(proprio_joints)
-    gym_id = env.spec.id if env.spec is not None else None
-    for spec in ENV_SPECS.values():
-        if spec.gym_id == gym_id:
-            return spec.arm_joints
-    raise ValueError(
-        f"cannot tell how many of {gym_id or type(env.unwrapped).__name__}'s joints are the robot's: "
-        "pass proprio_joints=N (the first N entries of qpos/qvel)")
+def _scene(env: gym.Env):
+    """The scene under an env's wrappers (it gives proprioception and the camera settings)."""
+    from envs import SceneEnv
+
+    scene = env.unwrapped
+    if not isinstance(scene, SceneEnv):
+        raise ValueError(f"{type(scene).__name__} is not a scene env: wrap an env made by envs.make_env "
+                         "(or gym.make('dsae/<scene>-v0')), which reports the robot's proprioception")
+    return scene
+
+
+def check_same_camera(scene_config, encoder: torch.nn.Module) -> None:
+    """Raise ValueError when an env renders differently from the frames the encoder was trained on."""
+    from envs import VISUAL_FIELDS
+
+    trained = getattr(encoder, "env_config", None)
+    if trained is None:
+        return  # an encoder without a recorded scene (built by hand): nothing to compare
+    if trained.name != scene_config.name:
+        raise ValueError(f"the encoder was trained on scene {trained.name!r}, the env is {scene_config.name!r}")
+    differ = [f"{k}: env {getattr(scene_config, k)!r}, encoder {getattr(trained, k)!r}"
+              for k in VISUAL_FIELDS if getattr(scene_config, k) != getattr(trained, k)]
+    if differ:
+        raise ValueError("the env renders differently from the encoder's training frames (" + "; ".join(differ)
+                         + "): make the env with envs.make_env(encoder.env_config)")
 
 
 class _KeypointPipeline:
@@ -110,28 +124,31 @@ def _check_renders(env: gym.Env) -> None:
             "frames: make it with render_mode='rgb_array' (envs.make_env does)")
 
 
-class KeypointObservation(gym.ObservationWrapper):
+class KeypointObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Observation = the frozen encoder's keypoints on the env's rendered frame + proprioception.
 
     Args:
-        env: a gymnasium MuJoCo env with ``render_mode="rgb_array"`` rendering at the encoder's
-            image size (``envs.make_env`` with the encoder's env settings does this).
+        env: a scene env rendering as the encoder's training frames were rendered:
+            ``envs.make_env(encoder.env_config)`` (anything else is refused, naming the difference).
         encoder: a :class:`dsae.KeypointEncoder` (``dsae.load_encoder(path)``); it is frozen.
         keypoints: the keypoint indices to keep (default all), in this order.
         top_k, presence_threshold: per-frame presence pruning (see :func:`dsae.tracking.prune`).
         kalman: smooth each keypoint with a constant-velocity Kalman filter, reset every episode.
-        proprio_joints: how many leading joints are the robot's (default: from ENV_SPECS).
     """
 
     def __init__(self, env: gym.Env, encoder: torch.nn.Module, *, keypoints: Optional[Sequence[int]] = None,
                  top_k: Optional[int] = None, presence_threshold: Optional[float] = None, kalman: bool = False,
-                 process_std: float = 0.05, measurement_std: float = 0.03, proprio_joints: Optional[int] = None):
-        super().__init__(env)
+                 process_std: float = 0.05, measurement_std: float = 0.03):
+        gym.utils.RecordConstructorArgs.__init__(
+            self, encoder=encoder, keypoints=keypoints, top_k=top_k, presence_threshold=presence_threshold,
+            kalman=kalman, process_std=process_std, measurement_std=measurement_std)
+        gym.ObservationWrapper.__init__(self, env)
         _check_renders(env)
+        self.scene = _scene(env)
+        check_same_camera(self.scene.config, encoder)
         self.pipeline = _KeypointPipeline(encoder, keypoints, top_k, presence_threshold, kalman,
                                           process_std, measurement_std)
-        self.n_joints = _arm_joints(env, proprio_joints)
-        self.observation_space = _observation_space(self.pipeline.size, self.n_joints)
+        self.observation_space = _observation_space(self.pipeline.size, len(self.scene.config.joints))
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
         self.pipeline.reset()
@@ -140,14 +157,13 @@ class KeypointObservation(gym.ObservationWrapper):
     def observation(self, observation: Any) -> np.ndarray:
         frame = self.env.render()
         keypoints = self.pipeline(frame[None])[0]
-        return np.concatenate([keypoints, proprio_features(self.env.unwrapped, self.n_joints)])
+        return np.concatenate([keypoints, self.scene.proprio_features()])
 
 
 class KeypointObservationVector(gym.vector.VectorObservationWrapper):
     """:class:`KeypointObservation` for a gymnasium vector env, batched: one encoder call per step.
 
-    The sub-envs must be ``envs.make_env`` envs (or any env with ``render_mode="rgb_array"`` and a
-    ``proprio_features()`` method); works with SyncVectorEnv and AsyncVectorEnv in the next-step
+    The sub-envs must be scene envs (``envs.make_env``, ``gym.make_vec("dsae/<scene>-v0", ...)``); works with SyncVectorEnv and AsyncVectorEnv in the next-step
     and disabled autoreset modes (those VectorObservationWrapper supports).
     """
 
@@ -160,9 +176,9 @@ class KeypointObservationVector(gym.vector.VectorObservationWrapper):
             raise ValueError(f"the vector env renders with render_mode={env.render_mode!r}; it must be 'rgb_array'")
         self.pipeline = _KeypointPipeline(encoder, keypoints, top_k, presence_threshold, kalman,
                                           process_std, measurement_std)
-        n_proprio = len(env.call("proprio_features")[0])
-        self.n_joints = n_proprio // 3
-        self.single_observation_space = _observation_space(self.pipeline.size, self.n_joints)
+        configs = env.get_attr("config")
+        check_same_camera(configs[0], encoder)
+        self.single_observation_space = _observation_space(self.pipeline.size, len(configs[0].joints))
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, env.num_envs)
         self._next_step_reset = env.metadata.get("autoreset_mode") == gym.vector.AutoresetMode.NEXT_STEP
         self._done = np.zeros(env.num_envs, dtype=bool)
@@ -185,23 +201,24 @@ class KeypointObservationVector(gym.vector.VectorObservationWrapper):
         return np.concatenate([self.pipeline(frames), proprio], axis=1)
 
 
-class PixelObservation(gym.ObservationWrapper):
+class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Observation = ``{"image": uint8 (H, W, 3) camera frame, "proprio": cos/sin/velocities}``.
 
     For agents that learn their vision from scratch (``obs=pixels``) or fine-tune the DSAE encoder:
     the same camera and proprioception as :class:`KeypointObservation`, no privileged state.
     """
 
-    def __init__(self, env: gym.Env, proprio_joints: Optional[int] = None):
-        super().__init__(env)
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ObservationWrapper.__init__(self, env)
         _check_renders(env)
-        self.n_joints = _arm_joints(env, proprio_joints)
-        h, w = env.unwrapped.height, env.unwrapped.width
+        self.scene = _scene(env)
+        size = self.scene.config.image_size
         self.observation_space = gym.spaces.Dict({
-            "image": gym.spaces.Box(0, 255, (h, w, 3), dtype=np.uint8),
-            "proprio": _observation_space(0, self.n_joints),
+            "image": gym.spaces.Box(0, 255, (size, size, 3), dtype=np.uint8),
+            "proprio": _observation_space(0, len(self.scene.config.joints)),
         })
 
     def observation(self, observation: Any) -> dict[str, np.ndarray]:
         return {"image": np.ascontiguousarray(self.env.render()),
-                "proprio": proprio_features(self.env.unwrapped, self.n_joints)}
+                "proprio": self.scene.proprio_features()}

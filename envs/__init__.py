@@ -1,9 +1,8 @@
-"""MuJoCo environments that render a fixed top-down camera and report ground truth.
+"""MuJoCo scenes that render a fixed camera and report ground truth.
 
-``make_env("reacher")`` returns a gymnasium env whose ``render()`` gives uint8 frames
-(H, W, 3) from a fixed top-down camera, and whose ``info`` (at reset and every step)
-carries the world positions of the tracked objects, the camera's world->pixel matrix and
-the robot's proprioception. See :mod:`envs.core` for the details.
+A scene is a YAML file in ``configs/env/`` (see :mod:`envs.scene`): ``make_env("reacher")``,
+Hydra's ``env=reacher`` and ``gym.make("dsae/reacher-v0")`` all build it from that file.
+Importing this package registers every scene with gymnasium.
 
 The headless OpenGL backend defaults to EGL here, before anything imports mujoco:
 set ``MUJOCO_GL=osmesa`` (needs ``libosmesa6``) or ``MUJOCO_GL=glfw`` (needs a display)
@@ -17,13 +16,19 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 # PyOpenGL logs an INFO line about an optional accelerator module on every import.
 logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)
 
-from envs.core import (  # noqa: E402
-    ENV_SPECS,
+from envs.camera import camera_matrix, project_points  # noqa: E402
+from envs.scene import (  # noqa: E402
+    VISUAL_FIELDS,
     EnvConfig,
-    EnvSpec,
-    camera_matrix,
+    SceneEnv,
+    env_id,
+    load_scene,
     make_env,
-    project_points,
+    register_scenes,
+    scene_names,
 )
 
-__all__ = ["ENV_SPECS", "EnvConfig", "EnvSpec", "camera_matrix", "make_env", "project_points"]
+register_scenes()
+
+__all__ = ["VISUAL_FIELDS", "EnvConfig", "SceneEnv", "camera_matrix", "env_id", "load_scene", "make_env",
+           "project_points", "register_scenes", "scene_names"]

@@ -17,14 +17,13 @@ if str(REPO) not in sys.path:
 
 from dsae.config import Config, DataConfig, LoggerConfig, TrainConfig  # noqa: E402
 from dsae.model import ModelConfig  # noqa: E402
-from envs.core import EnvConfig  # noqa: E402
+from envs import load_scene  # noqa: E402
 
 
 def tiny_config(tmp: Path, **train) -> Config:
     """A reacher config that trains in seconds: 32 px frames, 8 episodes, a small model."""
     return Config(
-        env=EnvConfig(name="reacher", image_size=32, object_radius=0.02, randomize_arm=True,
-                      max_episode_steps=12),
+        env=load_scene("reacher", image_size=32, object_radius=0.02, max_episode_steps=12),
         model=ModelConfig(channels=[16, 8], kernels=[5, 3], strides=[2, 1], num_keypoints=8, recon_size=16),
         train=TrainConfig(**{"steps": 30, "batch_size": 8, "log_every": 5, "eval_every": 10,
                              "image_every": 15, "checkpoint_every": 10, "probe_frames": 500, **train}),

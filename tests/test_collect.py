@@ -7,12 +7,13 @@ import pytest
 
 from dsae.collect import ExplorationPolicy, collect, default_dataset_dir
 from dsae.data import MANIFEST, DatasetError, load_dataset
+from envs import EnvConfig, make_env
 from tests.conftest import tiny_config
 
 
 def test_policy_drives_joints_towards_targets():
-    ranges = np.array([[-np.pi, np.pi], [-3.0, 3.0]])
-    policy = ExplorationPolicy(ranges, -np.ones(2), np.ones(2), noise=0.0, hold=(100, 100))
+    """Motors (push_block's): PD torque towards the target, within the ctrlrange."""
+    policy = ExplorationPolicy(make_env("push_block", image_size=16), noise=0.0, hold=(100, 100))
     policy.reset([7])
     target = policy.targets[0].copy()
     action = policy(np.array([[target[0] - 0.2, target[1] + 0.2, 0.0, 0.0]]))
@@ -21,20 +22,35 @@ def test_policy_drives_joints_towards_targets():
 
 
 def test_policy_wraps_unlimited_joint_error():
-    policy = ExplorationPolicy(np.array([[-np.pi, np.pi]]), -np.ones(1), np.ones(1), noise=0.0, hold=(100, 100))
+    policy = ExplorationPolicy(make_env("reacher", image_size=16), noise=0.0, hold=(100, 100))
     policy.reset([0])
-    policy.targets[:] = 3.0
+    policy.targets[:, 0] = 3.0  # reacher's joint0 is unlimited
     # At -3.0 the short way to +3.0 is backwards across pi (error -0.28 rad), not +6 rad.
-    assert policy(np.array([[-3.0, 0.0]]))[0, 0] < 0
+    assert policy(np.array([[-3.0, 0.0, 0.0, 0.0]]))[0, 0] < 0
+
+
+SERVO_XML = """<mujoco><worldbody><body><joint name="hinge" type="hinge" axis="0 0 1" range="-1 1"/>
+  <geom type="capsule" fromto="0 0 0 0.1 0 0" size="0.01"/></body></worldbody>
+  <actuator><position joint="hinge" kp="5" ctrlrange="-1 1"/></actuator></mujoco>"""
+
+
+def test_policy_commands_position_servos_to_their_target(tmp_path):
+    """A position actuator is sent the target itself; exploration reads the model, not the scene."""
+    (tmp_path / "servo.xml").write_text(SERVO_XML)
+    env = make_env(EnvConfig(name="servo", xml=str(tmp_path / "servo.xml"), objects={"arm": "world"},
+                             joints=["hinge"]))
+    policy = ExplorationPolicy(env, noise=0.0, hold=(100, 100))
+    policy.reset([3])
+    np.testing.assert_allclose(policy(np.array([[0.5, 0.0]])), policy.targets)
 
 
 def test_random_policy_stays_in_bounds():
-    policy = ExplorationPolicy(np.array([[-1.0, 1.0]] * 2), -2 * np.ones(2), 2 * np.ones(2), kind="random")
+    policy = ExplorationPolicy(make_env("pusher", image_size=16), kind="random")
     policy.reset([0, 1, 2])
-    a = policy(np.zeros((3, 4)))
-    assert a.shape == (3, 2) and (np.abs(a) <= 2).all()
+    a = policy(np.zeros((3, 14)))
+    assert a.shape == (3, 7) and (np.abs(a) <= 2).all()
     with pytest.raises(ValueError, match="data.policy"):
-        ExplorationPolicy(np.zeros((1, 2)), -np.ones(1), np.ones(1), kind="brownian")
+        ExplorationPolicy(make_env("reacher", image_size=16), kind="brownian")
 
 
 def test_dataset_does_not_depend_on_worker_count(tiny_dataset, tmp_path):

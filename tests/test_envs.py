@@ -1,12 +1,14 @@
-"""envs: construction, the top-down camera, its world->pixel matrix, ground truth, validation."""
+"""envs: scenes from YAML files, the top-down camera, its world->pixel matrix, ground truth,
+validation, gymnasium registration."""
 
 import math
 
+import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
 
-from envs import ENV_SPECS, camera_matrix, make_env, project_points
+from envs import camera_matrix, load_scene, make_env, project_points, scene_names
 
 
 def test_reacher_frames_and_info():
@@ -83,7 +85,9 @@ def test_top_down_axes():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(name="cheetah"), "unknown env"),
+    (dict(name="cheetah"), "unknown scene 'cheetah'.*push_block.*pusher.*reacher"),
+    (dict(name="reacher", xml="envs/assets/push_block.xml"), "exactly one of env.gym_id"),
+    (dict(name="reacher", objects={}), "env.objects is empty"),
     (dict(name="reacher", image_size=0), "image_size"),
     (dict(name="reacher", camera_id=0), "camera_id"),
     (dict(name="reacher", camera_distance=-1.0), "camera_distance"),
@@ -115,7 +119,7 @@ def test_pusher_objects_and_no_shadows():
 
 def test_object_radius_is_visual_only():
     stock, big = make_env("reacher"), make_env("reacher", object_radius=0.03)
-    for geom in ENV_SPECS["reacher"].marker_geoms:
+    for geom in load_scene("reacher").marker_geoms:
         gid = mujoco.mj_name2id(big.unwrapped.model, mujoco.mjtObj.mjOBJ_GEOM, geom)
         assert big.unwrapped.model.geom_size[gid, 0] == 0.03
     np.testing.assert_array_equal(stock.unwrapped.model.body_mass, big.unwrapped.model.body_mass)
@@ -133,7 +137,80 @@ def test_geom_rgba_recolours_and_validates():
     u, v = info["pixels"]["target"]
     r, g, b = env.render()[int(round(v)), int(round(u))].astype(int)
     assert b > r + 50 and b > g + 50, "the target is drawn blue"
-    with pytest.raises(ValueError, match="no geom 'targt'.*target"):
+    with pytest.raises(ValueError, match="geom 'targt' is not in the model.*target"):
         make_env("reacher", geom_rgba={"targt": [1.0, 1.0, 1.0, 1.0]})
     with pytest.raises(ValueError, match="4 numbers in"):
         make_env("reacher", geom_rgba={"target": [2.0, 0.0, 0.0]})
+
+
+def test_every_scene_builds_and_sees_its_objects():
+    for name in scene_names():
+        env = make_env(name, image_size=32)
+        _, info = env.reset(seed=0)
+        assert set(info["pixels"]) == set(load_scene(name).objects)
+        assert info["proprio"].shape == (2 * len(load_scene(name).joints),)
+        assert env.proprio_features().shape == (3 * len(load_scene(name).joints),)
+        env.close()
+
+
+def test_gymnasium_ids_and_vector_envs():
+    env = gym.make("dsae/push_block-v0", image_size=32)
+    _, info = env.reset(seed=0)
+    assert env.render().shape == (32, 32, 3) and "block" in info["pixels"]
+    env.close()
+    vec = gym.make_vec("dsae/reacher-v0", num_envs=2, image_size=32)
+    obs, _ = vec.reset(seed=0)
+    assert obs.shape[0] == 2
+    vec.close()
+
+
+def test_scene_checker_and_recreation_from_spec():
+    from gymnasium.utils.env_checker import check_env
+
+    env = make_env("push_block", image_size=32)
+    check_env(env)  # the close check re-creates the env from its spec
+    again = env.spec.make()
+    assert again.unwrapped.config == env.config
+    again.close()
+
+
+def test_episode_length_comes_from_the_scene_file():
+    env = make_env("push_block", image_size=32, max_episode_steps=3)
+    env.reset(seed=0)
+    truncated = [env.step(env.action_space.sample())[3] for _ in range(3)]
+    assert truncated == [False, False, True]
+
+
+def test_mjcf_scene_places_its_objects_within_their_joint_ranges():
+    """push_block's block and target start anywhere within their slide joints' ranges."""
+    env = make_env("push_block", image_size=32)
+    starts = np.array([env.reset(seed=s)[1]["positions"]["block"][:2] for s in range(30)])
+    model = env.model
+    for axis, joint in enumerate(("block_x", "block_y")):
+        low, high = model.jnt_range[model.joint(joint).id] + model.body("block").pos[axis]
+        assert low - 1e-9 <= starts[:, axis].min() and starts[:, axis].max() <= high + 1e-9
+        assert starts[:, axis].std() > 0.25 * (high - low) / math.sqrt(12), "spread over the range"
+
+
+def test_unknown_body_or_joint_lists_the_models_names():
+    with pytest.raises(ValueError, match="body 'puck' is not in the model.*'block'"):
+        make_env("push_block", objects={"puck": "puck"})
+    with pytest.raises(ValueError, match="joint 'wrist' is not in the model.*'elbow'"):
+        make_env("push_block", joints=["shoulder", "wrist"])
+
+
+def test_python_and_hydra_give_the_same_scene():
+    """make_env("reacher") and env=reacher read the same file: same settings, same frames."""
+    from hydra import compose, initialize_config_dir
+
+    from dsae.config import register, to_config
+    from envs.scene import REPO
+
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        for name in scene_names():
+            cfg = to_config(compose(config_name="config", overrides=[f"env={name}"]))
+            assert cfg.env == load_scene(name), name
+            a, b = make_env(name), make_env(cfg.env)
+            a.reset(seed=4), b.reset(seed=4)
+            np.testing.assert_array_equal(a.render(), b.render())

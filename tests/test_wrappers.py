@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
-from gymnasium.utils.passive_env_checker import env_render_passive_checker
 
-from dsae import load_encoder
+from dsae import KeypointEncoder, load_encoder
 from dsae.checkpoint import save_checkpoint
 from dsae.config import to_dict
 from dsae.model import DeepSpatialAutoencoder
 from dsae.wrappers import KeypointObservation, KeypointObservationVector, PixelObservation
 from envs import make_env
-from envs.core import EnvConfig
 from tests.conftest import tiny_config
 
 K = 8  # keypoints of the tiny model
@@ -33,17 +31,15 @@ def tiny_encoder_path(tmp_path_factory):
 
 
 def tiny_env(**kw) -> gym.Env:
-    return make_env(EnvConfig(name="reacher", image_size=32, object_radius=0.03, **kw))
+    """The tiny encoder's scene (tiny_config's), as the wrappers require."""
+    return make_env("reacher", **{"image_size": 32, "object_radius": 0.02, "max_episode_steps": 12, **kw})
 
 
 def test_keypoint_wrapper_passes_the_gymnasium_checker(tiny_encoder_path):
     enc = load_encoder(tiny_encoder_path, "cpu")
     for options in ({}, {"kalman": True, "top_k": 3}, {"keypoints": [1, 5]}):
         env = KeypointObservation(tiny_env(), enc, **options)
-        # The checker's own render check re-makes the env from its registry spec in every render
-        # mode, "human" included (a window); the rgb_array render is checked on its own below.
-        check_env(env, skip_render_check=True, skip_close_check=True)
-        env_render_passive_checker(env)
+        check_env(env)  # its close check re-creates the env from its spec, wrappers included
         n = 2 * len(options.get("keypoints", range(K)))
         obs, _ = env.reset(seed=1)
         assert obs.shape == (n + 6,) and obs.dtype == np.float32 and env.observation_space.contains(obs)
@@ -70,10 +66,11 @@ def test_no_privileged_state_leaks(tiny_encoder_path):
     """With the target drawn invisible, two states that differ only in where the target is give
     identical frames, so the wrapper's observations must be identical too, although the env's
     own observation (which holds the target position) differs."""
-    enc = load_encoder(tiny_encoder_path, "cpu")
+    trained = load_encoder(tiny_encoder_path, "cpu")
+    enc = KeypointEncoder(trained.encoder, trained.image_size)  # no recorded scene: any rendering is allowed
     env = KeypointObservation(tiny_env(geom_rgba={"target": [0.0, 0.0, 0.0, 0.0]}), enc)
     env.reset(seed=0)
-    base = env.unwrapped
+    base = env.unwrapped.sim
     observations, raw, frames = [], [], []
     for target in ([0.15, 0.1], [-0.1, -0.12]):
         qpos = base.data.qpos.copy()
@@ -89,7 +86,7 @@ def test_no_privileged_state_leaks(tiny_encoder_path):
 
 def test_pixel_observation(tiny_encoder_path):
     env = PixelObservation(tiny_env())
-    check_env(env, skip_render_check=True, skip_close_check=True)
+    check_env(env)
     obs, _ = env.reset(seed=0)
     assert obs["image"].shape == (32, 32, 3) and obs["image"].dtype == np.uint8
     assert obs["proprio"].shape == (6,)
@@ -158,5 +155,17 @@ def test_bad_settings_are_named(tiny_encoder_path):
         KeypointObservation(tiny_env(), enc, top_k=20)
     with pytest.raises(ValueError, match="render_mode"):
         KeypointObservation(gym.make("Reacher-v5"), enc)
-    with pytest.raises(ValueError, match="trained on 32x32"):
-        KeypointObservation(make_env("reacher", image_size=48), enc).reset(seed=0)
+    with pytest.raises(ValueError, match="image_size: env 48, encoder 32.*make_env\\(encoder.env_config\\)"):
+        KeypointObservation(make_env("reacher", image_size=48), enc)
+    with pytest.raises(ValueError, match="object_radius: env None, encoder 0.02"):
+        KeypointObservation(make_env("reacher", image_size=32), enc)
+    with pytest.raises(ValueError, match="trained on scene 'reacher', the env is 'pusher'"):
+        KeypointObservation(make_env("pusher", image_size=32), enc)
+    with pytest.raises(ValueError, match="not a scene env"):
+        KeypointObservation(gym.make("Reacher-v5", render_mode="rgb_array", width=32, height=32), enc)
+
+
+def test_the_encoders_scene_makes_a_matching_env(tiny_encoder_path):
+    enc = load_encoder(tiny_encoder_path, "cpu")
+    env = KeypointObservation(make_env(enc.env_config), enc)
+    assert env.reset(seed=0)[0].shape == (2 * K + 6,)
