@@ -39,8 +39,11 @@ class ModelConfig:
     decoder_hidden: list[int] = field(default_factory=lambda: [512])  # fc: [] = the paper's single linear layer
     decoder_channels: int = 32  # gaussian: width of its conv layers
     decoder_sigma: float = 0.1  # gaussian: blob std in normalised units ([-1, 1] spans the image)
+    decoder_kernel: int = 3  # gaussian: conv kernel size; 1 lets a keypoint draw only around itself
     slow_weight: float = 0.01  # weight of g_slow in the loss (paper: 1.0)
     foreground_weight: float = 0.0  # pixels weigh 1 + this * |target - the scene's median image|
+    separation_weight: float = 0.0  # weight of a penalty on keypoints closer than separation_sigma
+    separation_sigma: float = 0.1  # normalised units
 
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:
@@ -151,17 +154,31 @@ class GaussianDecoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.size, self.sigma = cfg.recon_size, cfg.decoder_sigma
-        c = cfg.decoder_channels
+        c, k = cfg.decoder_channels, cfg.decoder_kernel
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"model.decoder_kernel must be an odd size >= 1, got {k}")
         self.net = nn.Sequential(
-            nn.Conv2d(cfg.num_keypoints, c, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c, 1, 3, padding=1),
+            nn.Conv2d(cfg.num_keypoints, c, k, padding=k // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, k, padding=k // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(c, 1, k, padding=k // 2),
         )
         self.background = nn.Parameter(torch.full((self.size, self.size), 0.5))
 
     def forward(self, keypoints: torch.Tensor) -> torch.Tensor:
         maps = gaussian_maps(keypoints, self.size, self.sigma)
         return self.net(maps).squeeze(1) + self.background
+
+
+def separation_penalty(keypoints: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Mean over pairs of keypoints of exp(-d^2 / 2 sigma^2): (B, K, 2) -> scalar in [0, 1].
+
+    1 when all keypoints coincide, ~0 when they are far apart: keypoints crowded on one
+    object push each other off, to find the others.
+    """
+    kp = keypoints.float()
+    d2 = (kp[:, :, None] - kp[:, None]).pow(2).sum(-1)  # (B, K, K)
+    k = d2.shape[-1]
+    return (torch.exp(-d2 / (2 * sigma**2)).sum((-1, -2)) - k).mean() / (k * (k - 1))
 
 
 DECODERS = {"fc": FCDecoder, "gaussian": GaussianDecoder}
@@ -226,4 +243,6 @@ class DeepSpatialAutoencoder(nn.Module):
         f = keypoints.view(b, 3, -1, 2)
         slow = ((f[:, 2] - f[:, 1]) - (f[:, 1] - f[:, 0])).pow(2).sum(-1).mean()
         total = recon_loss + self.cfg.slow_weight * slow
+        if self.cfg.separation_weight > 0:
+            total = total + self.cfg.separation_weight * separation_penalty(keypoints, self.cfg.separation_sigma)
         return total, {"loss": total.detach(), "recon_mse": mse, "slow": slow.detach()}

@@ -195,3 +195,40 @@ def test_killed_ddp_run_resumes(tmp_path):
     assert f"from step {killed_at} of 200" in done.stdout
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["steps"] == 200 and metrics["processes"] == 2
+
+
+TINY_MJCF = """<mujoco model="tiny">
+  <worldbody>
+    <geom type="plane" size="0.5 0.5 0.01" rgba="0.8 0.8 0.8 1"/>
+    <body name="arm" pos="0 0 0.02">
+      <joint name="hinge" type="hinge" axis="0 0 1" range="-3 3" damping="0.1"/>
+      <geom type="capsule" fromto="0 0 0 0.15 0 0" size="0.015" rgba="0.1 0.2 0.7 1" contype="0" conaffinity="0"/>
+      <body name="tip" pos="0.15 0 0"><geom type="sphere" size="0.02" rgba="0.1 0.8 0.2 1" contype="0" conaffinity="0"/></body>
+    </body>
+    <body name="ball" pos="0 0 0.02">
+      <joint name="ball_x" type="slide" axis="1 0 0" range="-0.2 0.2"/>
+      <joint name="ball_y" type="slide" axis="0 1 0" range="-0.2 0.2"/>
+      <geom type="sphere" size="0.03" rgba="0.9 0.1 0.1 1" contype="0" conaffinity="0"/>
+    </body>
+  </worldbody>
+  <actuator><motor joint="hinge" ctrlrange="-1 1" gear="0.5"/></actuator>
+</mujoco>"""
+
+
+def test_a_scene_added_by_a_yaml_file_alone(tmp_path):
+    """A user's MJCF and one YAML file (in their own config folder): collect, train, probe, film."""
+    (tmp_path / "tiny.xml").write_text(TINY_MJCF)
+    (tmp_path / "configs" / "env").mkdir(parents=True)
+    (tmp_path / "configs" / "env" / "tiny.yaml").write_text(
+        f"name: tiny\nxml: {tmp_path / 'tiny.xml'}\nobjects: {{tip: tip, ball: ball}}\njoints: [hinge]\n"
+        "camera_distance: 0.6\n")
+    scene = [f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "env=tiny"]
+    script("train.py", *scene, *tiny_overrides(tmp_path, "train"), "logger=none")
+    metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert metrics["env"] == "tiny" and set(metrics["probe_r2"]) == {"tip", "ball"}
+    assert set(metrics["keypoint_err_px"]) == {"tip", "ball"}
+    assert all(0 <= metrics["keypoint_index"][o] < 8 for o in ("tip", "ball"))
+    script("visualize.py", f"checkpoint={tmp_path / 'train'}", "episodes=1", "logger=none", "device=cpu",
+           f"hydra.run.dir={tmp_path / 'film'}")
+    tracking = json.loads((tmp_path / "film" / "tracking.json").read_text())
+    assert (tmp_path / "film" / "episode_0.mp4").stat().st_size > 0 and set(tracking["objects"]) == {"tip", "ball"}

@@ -52,3 +52,16 @@ def test_probe_on_a_dataset_with_an_oracle_encoder(tiny_dataset):
     for o in ds.objects:
         assert out["probe_r2"][o] == pytest.approx(1.0, abs=1e-6)
         assert out["probe_err_px"][o] < 1e-2  # the probe's tiny ridge term biases it by ~1e-4 px
+
+
+def test_best_keypoint_is_chosen_on_training_frames_and_scored_raw():
+    from dsae.evaluate import best_keypoint
+
+    rng = np.random.default_rng(0)
+    obj_train, obj_test = rng.uniform(0, 63, (200, 2)), rng.uniform(0, 63, (50, 2))
+    kp_train, kp_test = rng.uniform(0, 63, (200, 4, 2)), rng.uniform(0, 63, (50, 4, 2))
+    kp_train[:, 2] = obj_train + [1.0, 0.0]  # keypoint 2 sits 1 px right of the object
+    kp_test[:, 2] = obj_test + [0.0, 2.0]  # and 2 px below it on the held-out frames
+    kp_test[:, 0] = obj_test  # a keypoint that is only good on the held-out frames is not chosen
+    index, err = best_keypoint(kp_train, obj_train, kp_test, obj_test)
+    assert index == 2 and err == pytest.approx(2.0)

@@ -98,3 +98,28 @@ def test_projection_to_k_keypoints():
 def test_too_small_image_is_rejected():
     with pytest.raises(ValueError, match="too small"):
         DeepSpatialAutoencoder(ModelConfig(), 20)
+
+
+def test_background_is_the_median_frame_and_weights_what_differs():
+    cfg = ModelConfig(channels=[8, 4], kernels=[5, 3], strides=[2, 1], num_keypoints=4, recon_size=8,
+                      foreground_weight=10.0)
+    model = DeepSpatialAutoencoder(cfg, 32)
+    frames = torch.full((5, 32, 32, 3), 100, dtype=torch.uint8)
+    frames[0, :8, :8] = 255  # one frame differs: the median ignores it
+    model.set_background(frames)
+    torch.testing.assert_close(model.background, torch.full((8, 8), 100 / 255))
+    torch.testing.assert_close(model.decoder.background.data, model.background)
+    triples = frames[:3].unsqueeze(0).expand(2, 3, 32, 32, 3).contiguous()
+    weighted, _ = model.loss(triples)
+    model.cfg.foreground_weight = 0.0
+    plain, _ = model.loss(triples)
+    assert not torch.isclose(weighted, plain), "the pixels that differ from the background weigh more"
+
+
+def test_separation_penalty_is_one_when_crowded_and_vanishes_when_apart():
+    from dsae.model import separation_penalty
+
+    crowded = torch.zeros(2, 4, 2)
+    apart = torch.tensor([[[-0.9, -0.9], [0.9, -0.9], [-0.9, 0.9], [0.9, 0.9]]])
+    assert separation_penalty(crowded, 0.1).item() == pytest.approx(1.0)
+    assert separation_penalty(apart, 0.1).item() < 1e-20
