@@ -16,7 +16,7 @@ from envs import EnvConfig
 
 
 class KeypointEncoder(nn.Module):
-    """A trained DSAE encoder: images -> keypoints (B, K, 2) in the DESIGN.md convention.
+    """A trained DSAE encoder: images -> keypoints (B, K, 2) in the docs/architecture.md convention.
 
     Accepts uint8 (B, H, W, 3) (as envs and datasets give them) or float (B, 3, H, W) in
     [0, 1], at the training image size; inputs are moved to the encoder's device. Keyword

@@ -1,6 +1,6 @@
 """Images for people: keypoints and their tracks drawn on frames, heatmaps, reconstructions.
 
-Keypoints arrive in the DESIGN.md convention (normalised (x, y) in [-1, 1]) and are drawn
+Keypoints arrive in the docs/architecture.md convention (normalised (x, y) in [-1, 1]) and are drawn
 at pixel (column, row) = :func:`dsae.spatial_softmax.to_pixels`, scaled with the frame.
 Colours are fixed per keypoint index, so keypoint k has the same colour everywhere.
 Drawing keys: a raw keypoint is a filled dot with a thin trail; a Kalman-filtered one is

@@ -1,4 +1,4 @@
-"""Keypoint quality: the linear probe of DESIGN.md, and reconstruction error.
+"""Keypoint quality: the linear probe of docs/architecture.md, and reconstruction error.
 
 The probe fits a linear map with intercept from the K x 2 keypoints to each object's
 ground-truth position, on frames of the training episodes, and scores it on held-out

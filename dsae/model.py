@@ -135,7 +135,7 @@ class FCDecoder(nn.Module):
 def gaussian_maps(keypoints: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     """Keypoints (B, K, 2) -> isotropic Gaussian maps (B, K, size, size), peak 1 at each keypoint.
 
-    Pixel centres at normalised coordinates linspace(-1, 1, size), as in the DESIGN.md convention.
+    Pixel centres at normalised coordinates linspace(-1, 1, size), as in the docs/architecture.md convention.
     """
     grid = torch.linspace(-1.0, 1.0, size, device=keypoints.device, dtype=keypoints.dtype)
     gx = torch.exp(-(grid - keypoints[..., 0:1]) ** 2 / (2 * sigma**2))  # (B, K, W)

@@ -1,7 +1,7 @@
 """A small NumPy reference of the classic spatial-softmax helpers, used as a test oracle.
 
 Written for clarity, not speed: full coordinate grids, float64 throughout. Coordinates
-follow DESIGN.md: (x, y) with x along columns, y along rows, in [-1, 1], align_corners.
+follow docs/architecture.md: (x, y) with x along columns, y along rows, in [-1, 1], align_corners.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The spatial soft-argmax bottleneck and its coordinate converters.
 
-Convention (DESIGN.md): keypoints are (x, y), x along columns (left -> right), y along rows
+Convention (docs/architecture.md): keypoints are (x, y), x along columns (left -> right), y along rows
 (top -> bottom), normalised to [-1, 1] where -1 and +1 are the centres of the first and
 last pixel (align_corners=True). Output shape (B, C, 2). For 1-D inputs a keypoint is (x,)
 and for 3-D inputs (x, y, z), z along depth: always the last spatial axis first.

@@ -7,7 +7,7 @@ filter, and returns a flat float32 ``Box``::
 
     [x_1, y_1, ..., x_K, y_K,  cos q_1..q_J,  sin q_1..q_J,  dq_1..dq_J]
 
-keypoints in the DESIGN.md normalised convention ([-1, 1], x right, y down), then the robot's
+keypoints in the docs/architecture.md normalised convention ([-1, 1], x right, y down), then the robot's
 proprioception (its J joint angles as cos/sin and joint velocities). The env's own observation
 is dropped: for the MuJoCo tasks it holds privileged state (Reacher's target position and
 fingertip-to-target vector) that a robot with a camera does not have.

@@ -1,4 +1,4 @@
-"""Drawing in the DESIGN.md convention, the MP4 writer, heatmaps, and visualize.py end to end."""
+"""Drawing in the docs/architecture.md convention, the MP4 writer, heatmaps, and visualize.py end to end."""
 
 import json
 
