@@ -158,7 +158,7 @@ def test_bad_settings_are_named(tiny_encoder_path):
     with pytest.raises(ValueError, match="image_size: env 48, encoder 32.*make_env\\(encoder.env_config\\)"):
         KeypointObservation(make_env("reacher", image_size=48), enc)
     with pytest.raises(ValueError, match="object_radius: env None, encoder 0.02"):
-        KeypointObservation(make_env("reacher", image_size=32), enc)
+        KeypointObservation(make_env("reacher", image_size=32, object_radius=None), enc)
     with pytest.raises(ValueError, match="trained on scene 'reacher', the env is 'pusher'"):
         KeypointObservation(make_env("pusher", image_size=32), enc)
     with pytest.raises(ValueError, match="not a scene env"):
