@@ -163,8 +163,9 @@ class KeypointObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArg
 class KeypointObservationVector(gym.vector.VectorObservationWrapper):
     """:class:`KeypointObservation` for a gymnasium vector env, batched: one encoder call per step.
 
-    The sub-envs must be scene envs (``envs.make_env``, ``gym.make_vec("dsae/<scene>-v0", ...)``); works with SyncVectorEnv and AsyncVectorEnv in the next-step
-    and disabled autoreset modes (those VectorObservationWrapper supports).
+    The sub-envs must be scene envs (``envs.make_env``, ``gym.make_vec("dsae/<scene>-v0", ...)``);
+    works with SyncVectorEnv and AsyncVectorEnv in the next-step and disabled autoreset modes
+    (those VectorObservationWrapper supports).
     """
 
     def __init__(self, env: gym.vector.VectorEnv, encoder: torch.nn.Module, *,

@@ -77,13 +77,20 @@ def load_scene(scene: str | Path = "reacher", **overrides: Any) -> EnvConfig:
     if not path.exists():
         raise ValueError(f"unknown scene {str(scene)!r}: no file {path}; the scenes are {scene_names()} "
                          "(or pass the path of a scene YAML file)")
+    merged = OmegaConf.merge(OmegaConf.structured(EnvConfig), OmegaConf.load(path))
+    return resolve_scene(OmegaConf.to_object(merged), **overrides)
+
+
+def resolve_scene(scene: str | Path | EnvConfig, **overrides: Any) -> EnvConfig:
+    """A scene's checked settings: a name or YAML path (read by :func:`load_scene`) or an
+    ``EnvConfig``, with ``overrides`` applied."""
+    if not isinstance(scene, EnvConfig):
+        return load_scene(scene, **overrides)
     known = {f.name for f in fields(EnvConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TypeError(f"unknown env setting(s) {unknown}; valid: {sorted(known)}")
-    merged = OmegaConf.merge(OmegaConf.structured(EnvConfig), OmegaConf.load(path))
-    config = replace(OmegaConf.to_object(merged), **overrides)
-    return check(config)
+    return check(replace(scene, **overrides))
 
 
 def check(config: EnvConfig) -> EnvConfig:
@@ -206,8 +213,7 @@ class SceneEnv(gym.Env):
 
         if render_mode != "rgb_array":
             raise ValueError(f"render_mode={render_mode!r}: scenes render camera frames, 'rgb_array' only")
-        config = replace(check(scene), **overrides) if isinstance(scene, EnvConfig) else load_scene(scene, **overrides)
-        self.config = check(config)
+        self.config = config = resolve_scene(scene, **overrides)
         self.render_mode = render_mode
         self.sim = sim = _mujoco_env(config, render_mode)
         model = sim.model
@@ -311,18 +317,22 @@ def env_id(name: str) -> str:
     return f"dsae/{name}-v0"
 
 
+def register_scene(name: str) -> str:
+    """Register ``dsae/<name>-v0`` with gymnasium (idempotent); returns the id."""
+    if env_id(name) not in gym.registry:
+        gym.register(env_id(name), entry_point="envs.scene:SceneEnv", kwargs={"scene": name},
+                     disable_env_checker=True)
+    return env_id(name)
+
+
 def register_scenes() -> None:
     """Register every scene of ``configs/env/`` with gymnasium (idempotent)."""
     for name in scene_names():
-        if env_id(name) not in gym.registry:
-            gym.register(env_id(name), entry_point="envs.scene:SceneEnv", kwargs={"scene": name},
-                         disable_env_checker=True)
+        register_scene(name)
 
 
 def make_env(scene: str | Path | EnvConfig = "reacher", **overrides: Any) -> SceneEnv:
     """A scene's env: ``make_env("reacher", image_size=96)``, ``make_env("my_scene.yaml")`` or
     ``make_env(EnvConfig(...))``. It carries a gymnasium spec, so it can be re-created from it."""
-    config = replace(check(scene), **overrides) if isinstance(scene, EnvConfig) else load_scene(scene, **overrides)
-    if env_id(config.name) not in gym.registry:
-        gym.register(env_id(config.name), entry_point="envs.scene:SceneEnv", disable_env_checker=True)
-    return gym.make(env_id(config.name), scene=config).unwrapped
+    config = resolve_scene(scene, **overrides)
+    return gym.make(register_scene(config.name), scene=config).unwrapped
