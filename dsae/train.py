@@ -287,7 +287,8 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
         dataset = load_dataset(dataset_dir(cfg), verify=False)
     train_eps, val_eps = dataset.split(cfg.data.val_fraction)
     model = DeepSpatialAutoencoder(cfg.model, dataset.image_size).to(device)
-    model.set_background(torch.from_numpy(background_frames(dataset, train_eps, cfg.seed)).to(device))
+    if state is None:  # a resumed run loads its background with the weights
+        model.set_background(torch.from_numpy(background_frames(dataset, train_eps, cfg.seed)).to(device))
     trainer = TrainStep(model, cfg.train, device, distributed=world > 1)
     optimizer, scheduler = trainer.optimizer, trainer.scheduler
     # Every process draws the same global batch (same seed) and trains on its share.
