@@ -127,11 +127,13 @@ class Dataset:
         return idx[:-n_val], idx[-n_val:]
 
 
-def load_dataset(root: Path | str, verify: bool = True) -> Dataset:
+def load_dataset(root: Path | str, verify: bool = True, episodes: Optional[int] = None) -> Dataset:
     """Load a complete dataset, checking every file against the manifest.
 
-    Raises DatasetError naming the folder or file when the manifest is missing, the
-    collection is unfinished, or a file is missing or corrupt.
+    ``episodes``: load exactly the first this many episodes (a run uses what it asks for,
+    even from a folder collected for more); None loads all. Raises DatasetError naming the
+    folder or file when the manifest is missing, the collection is unfinished, it holds
+    fewer episodes than asked for, or a file is missing or corrupt.
     """
     root = Path(root)
     manifest = read_manifest(root)
@@ -142,27 +144,33 @@ def load_dataset(root: Path | str, verify: bool = True) -> Dataset:
             f"the dataset at {root} is unfinished ({len(manifest.get('files', {}))} of "
             f"{manifest.get('episodes')} episodes): run collect again with the same settings to resume it"
         )
-    episodes = []
-    for name in sorted(manifest["files"]):
+    names = sorted(manifest["files"])
+    if episodes is not None:
+        if len(names) < episodes:
+            raise DatasetError(f"the dataset at {root} holds {len(names)} episodes, fewer than the {episodes} asked for: "
+                               f"run collect with data.episodes={episodes} to extend it")
+        names = names[:episodes]
+    loaded = []
+    for name in names:
         path = root / name
         if not path.exists():
             raise DatasetError(f"episode file {path} listed in the manifest is missing; run collect again to replace it")
         if verify and sha256(path) != manifest["files"][name]:
             raise DatasetError(f"episode file {path} does not match its checksum in {root / MANIFEST} (corrupt or changed); delete it and run collect again")
-        episodes.append(load_episode(path))
-    if not episodes:
+        loaded.append(load_episode(path))
+    if not loaded:
         raise DatasetError(f"the dataset at {root} has no episodes")
     objects = manifest["objects"]
     try:
         return Dataset(
             root=root,
             manifest=manifest,
-            frames=np.stack([e["frames"] for e in episodes]),
-            actions=np.stack([e["actions"] for e in episodes]),
-            proprio=np.stack([e["proprio"] for e in episodes]),
-            positions={o: np.stack([e[f"pos_{o}"] for e in episodes]) for o in objects},
-            pixels={o: np.stack([e[f"px_{o}"] for e in episodes]) for o in objects},
-            camera_matrix=episodes[0]["camera_matrix"],
+            frames=np.stack([e["frames"] for e in loaded]),
+            actions=np.stack([e["actions"] for e in loaded]),
+            proprio=np.stack([e["proprio"] for e in loaded]),
+            positions={o: np.stack([e[f"pos_{o}"] for e in loaded]) for o in objects},
+            pixels={o: np.stack([e[f"px_{o}"] for e in loaded]) for o in objects},
+            camera_matrix=loaded[0]["camera_matrix"],
         )
     except (KeyError, ValueError) as err:
         raise DatasetError(f"the episode files in {root} do not share one layout ({err}); collect the dataset again") from err

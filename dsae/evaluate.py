@@ -146,7 +146,7 @@ def evaluate_checkpoint(path: Optional[str], run_dir: str | Path, device: Option
         raise CheckpointError("no checkpoint given: pass checkpoint=PATH (a .pt file or a run folder)")
     model, state = load_model(path, device)
     cfg = from_dict(state["config"])
-    dataset = load_dataset(state["dataset"])
+    dataset = load_dataset(state["dataset"], episodes=cfg.data.episodes)
     train_eps, val_eps = dataset.split(cfg.data.val_fraction)
     dev = resolve_device(device)
     metrics = {

@@ -50,13 +50,14 @@ def dataset_dir(cfg: Config) -> Path:
 
 
 def ensure_dataset(cfg: Config) -> Dataset:
-    """Load the configured dataset, collecting (or finishing) it first when needed."""
+    """Load exactly ``data.episodes`` episodes of the configured dataset, collecting (or
+    extending) it first when needed."""
     root = dataset_dir(cfg)
     manifest = read_manifest(root)
     if manifest is None or not manifest.get("complete") or manifest.get("episodes", 0) < cfg.data.episodes:
         print(f"[dsae] collecting {cfg.data.episodes} {cfg.env.name} episodes into {root}")
         collect(cfg.env, cfg.data, root)
-    return load_dataset(root)
+    return load_dataset(root, episodes=cfg.data.episodes)
 
 
 def background_frames(dataset: Dataset, episodes: np.ndarray, seed: int, count: int = 1000) -> np.ndarray:
@@ -284,7 +285,7 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
     dataset = ensure_dataset(cfg) if lead else None
     _barrier(world)
     if not lead:
-        dataset = load_dataset(dataset_dir(cfg), verify=False)
+        dataset = load_dataset(dataset_dir(cfg), verify=False, episodes=cfg.data.episodes)
     train_eps, val_eps = dataset.split(cfg.data.val_fraction)
     model = DeepSpatialAutoencoder(cfg.model, dataset.image_size).to(device)
     if state is None:  # a resumed run loads its background with the weights

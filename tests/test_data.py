@@ -23,6 +23,21 @@ def test_load_tiny_dataset(tiny_dataset):
     assert list(train) == list(range(6)) and list(val) == [6, 7]
 
 
+def test_a_run_uses_exactly_the_episodes_it_asks_for(tiny_dataset):
+    """data.episodes below what the folder holds: the first that many, not all of them."""
+    from dataclasses import replace
+
+    from dsae.train import ensure_dataset
+
+    cfg, root = tiny_dataset
+    fewer = replace(cfg, data=replace(cfg.data, episodes=5))
+    ds = ensure_dataset(fewer)
+    assert ds.num_episodes == 5
+    np.testing.assert_array_equal(ds.frames, load_dataset(root).frames[:5])
+    with pytest.raises(DatasetError, match="holds 8 episodes, fewer than the 9 asked for.*data.episodes=9"):
+        load_dataset(root, episodes=9)
+
+
 @pytest.fixture
 def copy_of(tiny_dataset, tmp_path):
     _, root = tiny_dataset
