@@ -7,6 +7,7 @@ the backend; with ``backend=wandb`` they go to a wandb run in ``<run>/wandb`` as
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -20,9 +21,30 @@ BACKENDS = ("wandb", "none")
 MODES = ("offline", "online", "disabled")
 
 
+def drop_rows_after(path: Path, step: int) -> None:
+    """Keep only what a step-indexed log file recorded up to ``step`` (the checkpoint a run
+    resumes from), so the steps it runs again are not recorded twice. ``.jsonl``: lines with a
+    ``step`` key; ``.csv``: a header row, then rows whose first column is the step."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if path.suffix == ".csv":
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows(rows[:1] + [row for row in rows[1:] if int(row[0]) <= step])
+    else:
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(line for line in lines if json.loads(line)["step"] <= step))
+
+
 class Logger:
+    """``resume_step``: the run resumes from a checkpoint at this step; what ``scalars.jsonl``
+    holds after it is dropped (it is logged again) and the wandb run ``resume_id`` continues."""
+
     def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict[str, Any],
-                 name: Optional[str] = None, resume_id: Optional[str] = None, write_files: bool = True):
+                 name: Optional[str] = None, resume_id: Optional[str] = None, write_files: bool = True,
+                 resume_step: Optional[int] = None):
         if cfg.backend not in BACKENDS:
             raise ValueError(f"logger.backend must be one of {BACKENDS}, got {cfg.backend!r}")
         if cfg.mode not in MODES:
@@ -32,6 +54,8 @@ class Logger:
         self._scalars = None  # write_files=False (e.g. the non-leading processes of a DDP run): nothing
         if write_files:
             self.media.mkdir(parents=True, exist_ok=True)
+            if resume_step is not None:
+                drop_rows_after(self.run_dir / "scalars.jsonl", resume_step)
             self._scalars = open(self.run_dir / "scalars.jsonl", "a")
         self.wandb_run = None
         if cfg.backend == "wandb" and cfg.mode != "disabled":

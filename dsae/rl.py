@@ -38,7 +38,7 @@ import torch
 from dsae.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from dsae.config import LoggerConfig, from_dict, to_dict
 from dsae.device import resolve_device
-from dsae.logger import Logger
+from dsae.logger import Logger, drop_rows_after
 from dsae.sac import DSAEFeatures, ObsEncoder, PixelEncoder, ReplayBuffer, SACAgent, SACConfig
 from dsae.train import METRICS, find_resume_checkpoint
 from dsae.wrappers import KeypointObservation, PixelObservation
@@ -209,14 +209,15 @@ def run_rl(cfg: RLRunConfig, run_dir: Path | str) -> dict[str, Any]:
         rng.bit_generator.state = state["rng"]["numpy_generator"]
         step, episode, elapsed = state["step"], state["episode"], state["elapsed_s"]
         evals, random_return, wandb_id = state["evals"], state["random_return"], state.get("wandb_id")
-        _truncate_csv(run_dir / RETURNS_CSV, step)
+        drop_rows_after(run_dir / RETURNS_CSV, step)
         obs, _ = env.reset(seed=_train_seed(cfg.seed, episode))
     elif random_return is None:
         random_return = float(np.mean(evaluate_policy(
             eval_env, lambda o: rng.uniform(-1.0, 1.0, env.action_space.shape), r.eval_episodes)))
         print(f"[dsae] random policy on the {r.eval_episodes} evaluation episodes: mean return {random_return:.2f}")
 
-    logger = Logger(cfg.logger, run_dir, to_dict(cfg), name=run_dir.name, resume_id=wandb_id)
+    logger = Logger(cfg.logger, run_dir, to_dict(cfg), name=run_dir.name, resume_id=wandb_id,
+                    resume_step=step if state is not None else None)
     new_csv = not (run_dir / RETURNS_CSV).exists()
     csv_file = open(run_dir / RETURNS_CSV, "a", newline="")
     writer = csv.writer(csv_file)
@@ -329,17 +330,6 @@ def run_rl(cfg: RLRunConfig, run_dir: Path | str) -> dict[str, Any]:
     eval_env.close()
     (run_dir / METRICS).write_text(json.dumps(metrics, indent=2))
     return metrics
-
-
-def _truncate_csv(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    kept = rows[:1] + [row for row in rows[1:] if int(row[0]) <= step]
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(kept)
 
 
 class Policy:

@@ -307,7 +307,8 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
         wandb_id = state.get("wandb_id")
 
     logger = Logger(cfg.logger if lead else LoggerConfig(backend="none", mode="disabled"),
-                    run_dir, to_dict(cfg), name=run_dir.name, resume_id=wandb_id, write_files=lead)
+                    run_dir, to_dict(cfg), name=run_dir.name, resume_id=wandb_id, write_files=lead,
+                    resume_step=step if state is not None else None)
     val_frames = dataset.frames[val_eps].reshape(-1, *dataset.frames.shape[2:])
     rng = np.random.default_rng(cfg.seed)
     val_subset = val_frames[np.sort(rng.choice(len(val_frames), min(1024, len(val_frames)), replace=False))]
