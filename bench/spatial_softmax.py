@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from dsae.device import device_name
 from dsae.spatial_softmax import spatial_soft_argmax
 
 SHAPES = [(64, 16, 109, 109), (256, 32, 21, 21)]
@@ -125,8 +125,8 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     results = {
         "torch": torch.__version__, "kornia": kornia.__version__, "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "machine": device_name(torch.device("cpu")),
+        "gpu": device_name(torch.device("cuda")) if torch.cuda.is_available() else None,
         "rows": [r for d in devices for r in run(d, args.repeats)],
     }
     out = Path(args.out)

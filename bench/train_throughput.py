@@ -157,6 +157,7 @@ def main() -> None:
 
     from dsae.collect import collect
     from dsae.data import load_dataset
+    from dsae.device import device_name
 
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     data_root = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="dsae-throughput-"))
@@ -170,7 +171,7 @@ def main() -> None:
             ref = reference_rate(cfg, dataset, device, args.steps, args.warmup, args.workers)
             ours = framework_rate(cfg, dataset, device, args.steps, args.warmup, False)
             fp32 = framework_rate(cfg, dataset, device, args.steps, args.warmup, False, amp="none")
-            row = {"model": name, "device": dev, "image_size": dataset.image_size, "batch_triples": cfg.train.batch_size,
+            row = {"model": name, "device": dev, "device_name": device_name(device), "image_size": dataset.image_size, "batch_triples": cfg.train.batch_size,
                    "reference": ref, "framework": ours, "speedup": ours["images_per_s"] / ref["images_per_s"],
                    "framework_float32": fp32, "speedup_float32": fp32["images_per_s"] / ref["images_per_s"]}
             if args.compile:

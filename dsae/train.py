@@ -34,7 +34,7 @@ from dsae.checkpoint import (
 from dsae.collect import collect, default_dataset_dir
 from dsae.config import Config, LoggerConfig, TrainConfig, from_dict, to_dict
 from dsae.data import Dataset, TripleSampler, load_dataset, read_manifest
-from dsae.device import resolve_device
+from dsae.device import cpu_has_native_bf16, device_name, resolve_device
 from dsae.draw import grid_image, overlay_keypoints, reconstruction_panel
 from dsae.evaluate import probe_dataset, reconstruction_mse
 from dsae.logger import Logger
@@ -131,15 +131,6 @@ class _Loss(torch.nn.Module):
         return self.model.loss(triples)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 class TrainStep:
     """One optimisation step of a DSAE, with the speed options of ``TrainConfig``.
 
@@ -157,6 +148,7 @@ class TrainStep:
             model.to(memory_format=torch.channels_last)
         auto_bf16 = cuda or (device.type == "cpu" and cpu_has_native_bf16())
         self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and auto_bf16) else None
+        self.precision = "bf16" if self.amp_dtype is not None else "float32"  # what train.amp resolved to here
         loss: torch.nn.Module = _Loss(model)
         if distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -291,6 +283,11 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
     if state is None:  # a resumed run loads its background with the weights
         model.set_background(torch.from_numpy(background_frames(dataset, train_eps, cfg.seed)).to(device))
     trainer = TrainStep(model, cfg.train, device, distributed=world > 1)
+    # train.amp=auto resolves by the hardware: the precision a run trained in is part of its result.
+    hardware = {"precision": trainer.precision, "device": str(device), "device_name": device_name(device)}
+    if lead and state is not None and state.get("precision", trainer.precision) != trainer.precision:
+        print(f"[dsae] note: the run trained in {state['precision']} on {state.get('device_name')}, it goes on in "
+              f"{trainer.precision} on {hardware['device_name']} (train.amp={cfg.train.amp})")
     optimizer, scheduler = trainer.optimizer, trainer.scheduler
     # Every process draws the same global batch (same seed) and trains on its share.
     sampler = TripleSampler(dataset.frames, train_eps, device, seed=cfg.seed, on_device=cfg.train.data_on_device)
@@ -324,6 +321,7 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
             "elapsed_s": elapsed + time.perf_counter() - started, "images_seen": images_seen,
             "train_time_s": train_time, "wandb_id": logger.run_id,
             "image_size": dataset.image_size, "dataset": str(dataset.root.resolve()), "objects": dataset.objects,
+            **hardware,
         })
 
     def log_images() -> None:
@@ -389,7 +387,7 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
         "env": cfg.env.name,
         "image_size": dataset.image_size,
         "num_keypoints": cfg.model.num_keypoints,
-        "device": str(device),
+        **hardware,
         "held_out_episodes": int(len(val_eps)),
         "processes": world,
     }

@@ -38,3 +38,14 @@ def test_drop_rows_after_keeps_a_csv_header(tmp_path):
     path.write_text("env_step,kind\n10,train\n20,eval\n30,train\n")
     drop_rows_after(path, 20)
     assert path.read_text().splitlines() == ["env_step,kind", "10,train", "20,eval"]
+
+
+def test_the_precision_and_hardware_a_run_trained_on_are_recorded(tiny_dataset, tmp_path):
+    """train.amp=auto gives bf16 on some CPUs and float32 on others: say which, and where."""
+    cfg, _ = tiny_dataset
+    run = tmp_path / "run"
+    metrics = run_training(replace(cfg, train=replace(cfg.train, steps=10, amp="none")), run, progress=False)
+    state = load_checkpoint(run / CHECKPOINT)
+    for record in (metrics, state, json.loads((run / METRICS).read_text())):
+        assert record["precision"] == "float32" and record["device"] == "cpu"
+        assert record["device_name"] and isinstance(record["device_name"], str)
