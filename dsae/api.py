@@ -11,6 +11,7 @@ from torch import nn
 from dsae.checkpoint import load_checkpoint
 from dsae.config import from_dict
 from dsae.device import resolve_device
+from dsae.errors import ConfigError
 from dsae.model import DeepSpatialAutoencoder, Encoder, to_float_images
 from envs import EnvConfig
 
@@ -40,7 +41,7 @@ class KeypointEncoder(nn.Module):
         images = torch.as_tensor(images).to(self.device)
         h, w = (images.shape[1:3] if images.dtype == torch.uint8 else images.shape[2:4])
         if (h, w) != (self.image_size, self.image_size):
-            raise ValueError(
+            raise ConfigError(
                 f"this encoder was trained on {self.image_size}x{self.image_size} images, got {h}x{w}; "
                 f"render at env.image_size={self.image_size} or resize first")
         return self.encoder(to_float_images(images), **outputs)

@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dsae.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing or unreadable."""
 
 

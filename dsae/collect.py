@@ -29,6 +29,7 @@ from dsae.data import (
     sha256,
     write_manifest,
 )
+from dsae.errors import ConfigError
 from envs import EnvConfig
 
 POLICIES = ("pd", "random")
@@ -51,7 +52,7 @@ class ExplorationPolicy:
         import mujoco
 
         if kind not in POLICIES:
-            raise ValueError(f"data.policy must be one of {POLICIES}, got {kind!r}")
+            raise ConfigError(f"data.policy must be one of {POLICIES}, got {kind!r}")
         scene = env.unwrapped
         model = scene.model
         self.kind, self.ranges = kind, np.asarray(scene.joint_ranges, dtype=np.float64)  # (J, 2)
@@ -158,9 +159,9 @@ def collect(env_cfg: EnvConfig, data_cfg: DataConfig, root: Path | str | None = 
     from envs import make_env
 
     if data_cfg.episodes < 2:
-        raise ValueError(f"data.episodes must be >= 2 (train and held-out), got {data_cfg.episodes}")
+        raise ConfigError(f"data.episodes must be >= 2 (train and held-out), got {data_cfg.episodes}")
     if data_cfg.workers < 1:
-        raise ValueError(f"data.workers must be >= 1, got {data_cfg.workers}")
+        raise ConfigError(f"data.workers must be >= 1, got {data_cfg.workers}")
     root = Path(root) if root is not None else (
         Path(data_cfg.dir) if data_cfg.dir else default_dataset_dir(env_cfg, data_cfg))
     settings = dataset_settings(env_cfg, data_cfg)

@@ -28,11 +28,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from dsae.errors import UserError
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A dataset folder is missing, incomplete, corrupt, or was made with other settings."""
 
 

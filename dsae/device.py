@@ -7,6 +7,8 @@ from typing import Optional
 
 import torch
 
+from dsae.errors import ConfigError
+
 
 def resolve_device(name: Optional[str | torch.device] = "auto") -> torch.device:
     """"auto" or None -> cuda when available, else cpu; anything else is checked and passed to torch."""
@@ -15,9 +17,9 @@ def resolve_device(name: Optional[str | torch.device] = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"device={name!r} is not a torch device (try auto, cpu or cuda)") from err
+        raise ConfigError(f"device={name!r} is not a torch device (try auto, cpu or cuda)") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but no CUDA device is available; use device=auto or device=cpu")
+        raise ConfigError(f"device={name!r} but no CUDA device is available; use device=auto or device=cpu")
     return device
 
 

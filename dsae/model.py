@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsae.errors import ConfigError
 from dsae.spatial_softmax import SpatialSoftmax
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
@@ -72,7 +73,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels)
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
-    raise ValueError(f"model.norm must be 'none', 'batch' or 'group', got {kind!r}")
+    raise ConfigError(f"model.norm must be 'none', 'batch' or 'group', got {kind!r}")
 
 
 class Encoder(nn.Module):
@@ -81,12 +82,12 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if not (len(cfg.channels) == len(cfg.kernels) == len(cfg.strides)) or not cfg.channels:
-            raise ValueError("model.channels, model.kernels and model.strides must be non-empty and of equal length")
+            raise ConfigError("model.channels, model.kernels and model.strides must be non-empty and of equal length")
         if cfg.padding not in ("valid", "same"):
-            raise ValueError(f"model.padding must be 'valid' or 'same', got {cfg.padding!r}")
+            raise ConfigError(f"model.padding must be 'valid' or 'same', got {cfg.padding!r}")
         project = cfg.channels[-1] != cfg.num_keypoints if cfg.project is None else cfg.project
         if not project and cfg.channels[-1] != cfg.num_keypoints:
-            raise ValueError(
+            raise ConfigError(
                 f"model.num_keypoints={cfg.num_keypoints} differs from the last conv's "
                 f"{cfg.channels[-1]} channels: set model.project=true for a 1x1 projection, "
                 "or make model.channels end in num_keypoints"
@@ -156,7 +157,7 @@ class GaussianDecoder(nn.Module):
         self.size, self.sigma = cfg.recon_size, cfg.decoder_sigma
         c, k = cfg.decoder_channels, cfg.decoder_kernel
         if k < 1 or k % 2 == 0:
-            raise ValueError(f"model.decoder_kernel must be an odd size >= 1, got {k}")
+            raise ConfigError(f"model.decoder_kernel must be an odd size >= 1, got {k}")
         self.net = nn.Sequential(
             nn.Conv2d(cfg.num_keypoints, c, k, padding=k // 2), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, k, padding=k // 2), nn.ReLU(inplace=True),
@@ -187,7 +188,7 @@ DECODERS = {"fc": FCDecoder, "gaussian": GaussianDecoder}
 def Decoder(cfg: ModelConfig) -> nn.Module:
     """The decoder that ``cfg.decoder`` names."""
     if cfg.decoder not in DECODERS:
-        raise ValueError(f"model.decoder must be one of {sorted(DECODERS)}, got {cfg.decoder!r}")
+        raise ConfigError(f"model.decoder must be one of {sorted(DECODERS)}, got {cfg.decoder!r}")
     return DECODERS[cfg.decoder](cfg)
 
 
@@ -204,7 +205,7 @@ class DeepSpatialAutoencoder(nn.Module):
         for k, s in zip(cfg.kernels, cfg.strides):
             size = (size - (k if cfg.padding == "valid" else 1)) // s + 1
         if size < 2:
-            raise ValueError(f"image_size={image_size} is too small for this encoder (its feature maps would be {size}x{size})")
+            raise ConfigError(f"image_size={image_size} is too small for this encoder (its feature maps would be {size}x{size})")
         self.feature_size = (size, size)
         # The scene's static image (B-independent, (h, w)): the per-pixel median of training frames,
         # set by set_background() before training; saved with the weights.

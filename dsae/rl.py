@@ -38,6 +38,7 @@ import torch
 from dsae.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from dsae.config import LoggerConfig, from_dict, to_dict
 from dsae.device import resolve_device
+from dsae.errors import ConfigError
 from dsae.logger import Logger, drop_rows_after
 from dsae.sac import DSAEFeatures, ObsEncoder, PixelEncoder, ReplayBuffer, SACAgent, SACConfig
 from dsae.train import METRICS, find_resume_checkpoint
@@ -74,21 +75,21 @@ def register() -> None:
 
 def _check(cfg: RLRunConfig) -> None:
     if cfg.obs not in OBS_MODES:
-        raise ValueError(f"obs must be one of {OBS_MODES}, got {cfg.obs!r}")
+        raise ConfigError(f"obs must be one of {OBS_MODES}, got {cfg.obs!r}")
     if cfg.obs == "keypoints" and not cfg.encoder:
-        raise ValueError("obs=keypoints needs a trained DSAE: pass encoder=PATH (a run folder of "
+        raise ConfigError("obs=keypoints needs a trained DSAE: pass encoder=PATH (a run folder of "
                          "scripts/train.py or its checkpoints/last.pt); `make train` makes one")
     r = cfg.rl
     for key in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every",
                 "updates_per_step"):
         if getattr(r, key) < 1:
-            raise ValueError(f"rl.{key} must be >= 1, got {getattr(r, key)}")
+            raise ConfigError(f"rl.{key} must be >= 1, got {getattr(r, key)}")
     if r.init_steps < 0 or r.init_steps >= r.steps:
-        raise ValueError(f"rl.init_steps must be in [0, rl.steps={r.steps}), got {r.init_steps}")
+        raise ConfigError(f"rl.init_steps must be in [0, rl.steps={r.steps}), got {r.init_steps}")
     if not 0 < r.gamma < 1 or not 0 < r.tau <= 1 or not 0 < r.encoder_tau <= 1:
-        raise ValueError("rl.gamma must be in (0, 1) and rl.tau, rl.encoder_tau in (0, 1]")
+        raise ConfigError("rl.gamma must be in (0, 1) and rl.tau, rl.encoder_tau in (0, 1]")
     if r.finetune_encoder and cfg.obs != "keypoints":
-        raise ValueError(f"rl.finetune_encoder=true only applies to obs=keypoints (got obs={cfg.obs})")
+        raise ConfigError(f"rl.finetune_encoder=true only applies to obs=keypoints (got obs={cfg.obs})")
 
 
 class Setup:
@@ -104,7 +105,7 @@ class Setup:
             state = load_checkpoint(cfg.encoder)
             enc_env = from_dict(state["config"]).env
             if enc_env.name != env_cfg.name:
-                raise ValueError(f"encoder={cfg.encoder} was trained on env {enc_env.name!r}, not {env_cfg.name!r}: "
+                raise ConfigError(f"encoder={cfg.encoder} was trained on env {enc_env.name!r}, not {env_cfg.name!r}: "
                                  f"pass env={enc_env.name} or an encoder trained on {env_cfg.name}")
             env_cfg = replace(env_cfg, **{k: copy.deepcopy(getattr(enc_env, k)) for k in VISUAL_FIELDS})
             self.encoder = load_encoder(cfg.encoder, device)

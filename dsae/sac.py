@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsae.errors import ConfigError
 from dsae.model import to_float_images
 
 
@@ -329,7 +330,7 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         n = state["size"]
         if n > self.capacity:
-            raise ValueError(f"the saved buffer holds {n} transitions, more than rl.buffer_size={self.capacity}")
+            raise ConfigError(f"the saved buffer holds {n} transitions, more than rl.buffer_size={self.capacity}")
 
         def fill(store, saved):
             if isinstance(store, dict):

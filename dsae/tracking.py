@@ -11,6 +11,8 @@ from typing import Optional
 
 import torch
 
+from dsae.errors import ConfigError
+
 
 def prune(presence: torch.Tensor, top_k: Optional[int] = None, threshold: Optional[float] = None) -> torch.Tensor:
     """Which keypoints to keep: presence (B, K) -> bool (B, K).
@@ -24,7 +26,7 @@ def prune(presence: torch.Tensor, top_k: Optional[int] = None, threshold: Option
         keep &= presence >= threshold
     if top_k is not None:
         if not 1 <= top_k <= presence.shape[-1]:
-            raise ValueError(f"top_k must be in [1, {presence.shape[-1]}], got {top_k}")
+            raise ConfigError(f"top_k must be in [1, {presence.shape[-1]}], got {top_k}")
         idx = presence.masked_fill(~keep, float("-inf")).topk(top_k, dim=-1).indices
         top = torch.zeros_like(keep).scatter_(-1, idx, True)
         keep &= top
@@ -43,7 +45,7 @@ class KeypointKalmanFilter:
 
     def __init__(self, process_std: float = 0.05, measurement_std: float = 0.05, initial_velocity_std: float = 0.1):
         if process_std <= 0 or measurement_std <= 0:
-            raise ValueError("process_std and measurement_std must be > 0")
+            raise ConfigError("process_std and measurement_std must be > 0")
         self.q, self.r, self.v0 = process_std**2, measurement_std**2, initial_velocity_std**2
         self.x: Optional[torch.Tensor] = None  # (B, K, D, 2): position, velocity
         self.p: Optional[torch.Tensor] = None  # (B, K, D, 2, 2)

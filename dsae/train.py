@@ -36,6 +36,7 @@ from dsae.config import Config, LoggerConfig, TrainConfig, from_dict, to_dict
 from dsae.data import Dataset, TripleSampler, load_dataset, read_manifest
 from dsae.device import cpu_has_native_bf16, device_name, resolve_device
 from dsae.draw import grid_image, overlay_keypoints, reconstruction_panel
+from dsae.errors import ConfigError
 from dsae.evaluate import probe_dataset, reconstruction_mse
 from dsae.logger import Logger
 from dsae.model import DeepSpatialAutoencoder, gray_target
@@ -98,7 +99,7 @@ def find_resume_checkpoint(resume: Optional[str], run_dir: Path, outputs: Path =
 
 def _lr_lambda(schedule: str, total: int):
     if schedule not in LR_SCHEDULES:
-        raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+        raise ConfigError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
     if schedule == "constant":
         return lambda step: 1.0
     return lambda step: 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
@@ -111,13 +112,13 @@ def _check(cfg: Config) -> None:
     t = cfg.train
     for key in ("steps", "batch_size", "log_every", "eval_every", "image_every", "checkpoint_every", "probe_frames"):
         if getattr(t, key) < 1:
-            raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+            raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
     if not t.lr > 0:
-        raise ValueError(f"train.lr must be > 0, got {t.lr}")
+        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
     if t.amp not in AMP_MODES:
-        raise ValueError(f"train.amp must be one of {AMP_MODES}, got {t.amp!r}")
+        raise ConfigError(f"train.amp must be one of {AMP_MODES}, got {t.amp!r}")
     if not 0 < cfg.data.val_fraction < 1:
-        raise ValueError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
 
 
 class _Loss(torch.nn.Module):
@@ -267,7 +268,7 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
             print(f"[dsae] resuming {run_dir} from step {state['step']} of {cfg.train.steps}")
     _check(cfg)
     if cfg.train.batch_size % world:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by the {world} processes")
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by the {world} processes")
     device = dist_device or resolve_device(cfg.device)
     if lead:
         run_dir.mkdir(parents=True, exist_ok=True)

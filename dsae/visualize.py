@@ -22,6 +22,7 @@ import torch
 
 from dsae.config import VisConfig
 from dsae.draw import draw_tracks, enlarge, gray_image, heatmap_grid
+from dsae.errors import ConfigError
 from dsae.model import to_float_images
 from dsae.spatial_softmax import spatial_soft_argmax_full, to_pixels
 from dsae.tracking import KeypointKalmanFilter, prune
@@ -167,7 +168,7 @@ def visualize(checkpoint: Optional[str], out_dir: Path | str, cfg: VisConfig, ep
     from envs import make_env
 
     if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+        raise ConfigError(f"episodes must be >= 1, got {episodes}")
     require_source(checkpoint, policy)
     agent = None
     if policy is not None:
@@ -176,16 +177,16 @@ def visualize(checkpoint: Optional[str], out_dir: Path | str, cfg: VisConfig, ep
         agent = Policy(policy, device)
         checkpoint = checkpoint or agent.encoder_path
         if not checkpoint:
-            raise ValueError(f"the policy was trained on obs={agent.cfg.obs}, without a DSAE: pass checkpoint=PATH "
+            raise ConfigError(f"the policy was trained on obs={agent.cfg.obs}, without a DSAE: pass checkpoint=PATH "
                              "(a scripts/train.py run) to draw its keypoints")
     model, state = load_model(checkpoint, device)
     dev = resolve_device(device)
     train_cfg = from_dict(state["config"])
     if env_name is not None and env_name != train_cfg.env.name:
-        raise ValueError(f"the checkpoint was trained on env={train_cfg.env.name}, not env={env_name}; "
+        raise ConfigError(f"the checkpoint was trained on env={train_cfg.env.name}, not env={env_name}; "
                          f"drop the env override or pass a {env_name} checkpoint")
     if agent is not None and agent.env_config.name != train_cfg.env.name:
-        raise ValueError(f"the policy acts in env={agent.env_config.name} but the checkpoint was trained on "
+        raise ConfigError(f"the policy acts in env={agent.env_config.name} but the checkpoint was trained on "
                          f"env={train_cfg.env.name}")
     env = make_env(train_cfg.env) if agent is None else agent.make_env()
     out_dir = Path(out_dir)

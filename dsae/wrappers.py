@@ -30,6 +30,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from dsae.errors import ConfigError
 from dsae.tracking import KeypointKalmanFilter, prune
 
 
@@ -52,11 +53,11 @@ def check_same_camera(scene_config, encoder: torch.nn.Module) -> None:
     if trained is None:
         return  # an encoder without a recorded scene (built by hand): nothing to compare
     if trained.name != scene_config.name:
-        raise ValueError(f"the encoder was trained on scene {trained.name!r}, the env is {scene_config.name!r}")
+        raise ConfigError(f"the encoder was trained on scene {trained.name!r}, the env is {scene_config.name!r}")
     differ = [f"{k}: env {getattr(scene_config, k)!r}, encoder {getattr(trained, k)!r}"
               for k in VISUAL_FIELDS if getattr(scene_config, k) != getattr(trained, k)]
     if differ:
-        raise ValueError("the env renders differently from the encoder's training frames (" + "; ".join(differ)
+        raise ConfigError("the env renders differently from the encoder's training frames (" + "; ".join(differ)
                          + "): make the env with envs.make_env(encoder.env_config)")
 
 

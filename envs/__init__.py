@@ -21,6 +21,7 @@ from envs.scene import (  # noqa: E402
     VISUAL_FIELDS,
     EnvConfig,
     SceneEnv,
+    SceneError,
     env_id,
     load_scene,
     make_env,
@@ -30,5 +31,5 @@ from envs.scene import (  # noqa: E402
 
 register_scenes()
 
-__all__ = ["VISUAL_FIELDS", "EnvConfig", "SceneEnv", "camera_matrix", "env_id", "load_scene", "make_env",
+__all__ = ["VISUAL_FIELDS", "EnvConfig", "SceneEnv", "SceneError", "camera_matrix", "env_id", "load_scene", "make_env",
            "project_points", "register_scenes", "scene_names"]

@@ -57,6 +57,10 @@ class EnvConfig:
     randomize_arm: bool = False  # start each episode from a uniform draw over the robot's joint ranges
 
 
+class SceneError(ValueError):
+    """A scene's settings cannot work (a bad value, a body or joint the model lacks, no such file)."""
+
+
 VISUAL_FIELDS = ("image_size", "camera_distance", "camera_azimuth", "camera_elevation", "camera_lookat",
                  "camera_id", "shadows", "marker_geoms", "object_radius", "geom_rgba")
 """The settings that change what the camera sees: an encoder only fits frames rendered with its own."""
@@ -75,7 +79,7 @@ def load_scene(scene: str | Path = "reacher", **overrides: Any) -> EnvConfig:
     if path.suffix not in (".yaml", ".yml"):
         path = SCENES_DIR / f"{scene}.yaml"
     if not path.exists():
-        raise ValueError(f"unknown scene {str(scene)!r}: no file {path}; the scenes are {scene_names()} "
+        raise SceneError(f"unknown scene {str(scene)!r}: no file {path}; the scenes are {scene_names()} "
                          "(or pass the path of a scene YAML file)")
     merged = OmegaConf.merge(OmegaConf.structured(EnvConfig), OmegaConf.load(path))
     return resolve_scene(OmegaConf.to_object(merged), **overrides)
@@ -94,33 +98,33 @@ def resolve_scene(scene: str | Path | EnvConfig, **overrides: Any) -> EnvConfig:
 
 
 def check(config: EnvConfig) -> EnvConfig:
-    """Raise ValueError naming the setting when a scene's settings cannot work; else return them."""
+    """Raise SceneError naming the setting when a scene's settings cannot work; else return them."""
     if not config.name:
-        raise ValueError("env.name is empty: give the scene a name (its file's name)")
+        raise SceneError("env.name is empty: give the scene a name (its file's name)")
     if (config.gym_id is None) == (config.xml is None):
-        raise ValueError(f"scene {config.name!r}: give exactly one of env.gym_id (a gymnasium MuJoCo env) "
+        raise SceneError(f"scene {config.name!r}: give exactly one of env.gym_id (a gymnasium MuJoCo env) "
                          "and env.xml (an MJCF file)")
     if not config.objects:
-        raise ValueError(f"scene {config.name!r}: env.objects is empty: name the bodies keypoints should find")
+        raise SceneError(f"scene {config.name!r}: env.objects is empty: name the bodies keypoints should find")
     if not config.joints:
-        raise ValueError(f"scene {config.name!r}: env.joints is empty: name the robot's joints")
+        raise SceneError(f"scene {config.name!r}: env.joints is empty: name the robot's joints")
     if not isinstance(config.image_size, int) or config.image_size < 8:
-        raise ValueError(f"env.image_size must be an integer >= 8 pixels, got {config.image_size!r}")
+        raise SceneError(f"env.image_size must be an integer >= 8 pixels, got {config.image_size!r}")
     if config.max_episode_steps < 2 or config.frame_skip < 1:
-        raise ValueError(f"env.max_episode_steps must be >= 2 and env.frame_skip >= 1, got "
+        raise SceneError(f"env.max_episode_steps must be >= 2 and env.frame_skip >= 1, got "
                          f"{config.max_episode_steps} and {config.frame_skip}")
     if not config.camera_distance > 0:
-        raise ValueError(f"env.camera_distance must be > 0 metres, got {config.camera_distance}")
+        raise SceneError(f"env.camera_distance must be > 0 metres, got {config.camera_distance}")
     if len(config.camera_lookat) != 3:
-        raise ValueError(f"env.camera_lookat must be 3 numbers (x, y, z), got {config.camera_lookat}")
+        raise SceneError(f"env.camera_lookat must be 3 numbers (x, y, z), got {config.camera_lookat}")
     if config.object_radius is not None and not config.object_radius > 0:
-        raise ValueError(f"env.object_radius must be > 0 metres or null, got {config.object_radius}")
+        raise SceneError(f"env.object_radius must be > 0 metres or null, got {config.object_radius}")
     for geom, rgba in config.geom_rgba.items():
         if len(rgba) != 4 or not all(0.0 <= float(c) <= 1.0 for c in rgba):
-            raise ValueError(f"env.geom_rgba.{geom} must be 4 numbers in [0, 1] (r, g, b, a), got {list(rgba)}")
+            raise SceneError(f"env.geom_rgba.{geom} must be 4 numbers in [0, 1] (r, g, b, a), got {list(rgba)}")
     # MuJoCo aborts the whole process on a bad camera id, so no id ever reaches it.
     if config.camera_id not in (None, -1):
-        raise ValueError(
+        raise SceneError(
             f"env.camera_id={config.camera_id} is not supported: only the free camera (null or -1) reports a "
             "camera matrix. Use env.camera_id=null and frame the view with env.camera_distance, "
             "env.camera_lookat, env.camera_azimuth and env.camera_elevation.")
@@ -140,7 +144,7 @@ class MJCFEnv(MujocoEnv):
     def __init__(self, xml: str, frame_skip: int, robot_joints: list[str], **kwargs: Any):
         path = Path(xml) if Path(xml).is_absolute() else REPO / xml
         if not path.exists():
-            raise ValueError(f"env.xml={xml}: no MJCF file at {path}")
+            raise SceneError(f"env.xml={xml}: no MJCF file at {path}")
         super().__init__(str(path), frame_skip, observation_space=None, **kwargs)
         self.metadata = {"render_modes": ["rgb_array"], "render_fps": int(round(1.0 / self.dt))}
         size = self.model.nq + self.model.nv
@@ -179,11 +183,11 @@ def _mujoco_env(config: EnvConfig, render_mode: str) -> gym.Env:
     try:
         spec = gym.spec(config.gym_id)
     except gym.error.Error as err:
-        raise ValueError(f"env.gym_id={config.gym_id!r} is not a registered gymnasium env ({err})") from err
+        raise SceneError(f"env.gym_id={config.gym_id!r} is not a registered gymnasium env ({err})") from err
     env = gym.envs.registration.load_env_creator(spec.entry_point)(**{**spec.kwargs, **kwargs})
     if not isinstance(env, MujocoEnv):
         env.close()
-        raise ValueError(f"env.gym_id={config.gym_id!r} is not a MuJoCo env")
+        raise SceneError(f"env.gym_id={config.gym_id!r} is not a MuJoCo env")
     return env
 
 
@@ -195,7 +199,7 @@ def _lookup(model, kind, name: str, what: str, scene: str) -> int:
         count = {mujoco.mjtObj.mjOBJ_BODY: model.nbody, mujoco.mjtObj.mjOBJ_JOINT: model.njnt,
                  mujoco.mjtObj.mjOBJ_GEOM: model.ngeom}[kind]
         names = sorted(n for n in (mujoco.mj_id2name(model, kind, i) for i in range(count)) if n)
-        raise ValueError(f"scene {scene!r}: {what} {name!r} is not in the model; its names: {names}")
+        raise SceneError(f"scene {scene!r}: {what} {name!r} is not in the model; its names: {names}")
     return index
 
 
@@ -203,7 +207,7 @@ class SceneEnv(gym.Env):
     """The gymnasium env of a scene: its MuJoCo env, a fixed camera, and ground truth in ``info``.
 
     ``SceneEnv("reacher", image_size=96)`` or ``SceneEnv(EnvConfig(...))``; ``gym.make("dsae/<scene>-v0")``
-    builds the same. Invalid settings raise ValueError before MuJoCo sees them.
+    builds the same. Invalid settings raise SceneError before MuJoCo sees them.
     """
 
     metadata = {"render_modes": ["rgb_array"]}
@@ -212,7 +216,7 @@ class SceneEnv(gym.Env):
         import mujoco
 
         if render_mode != "rgb_array":
-            raise ValueError(f"render_mode={render_mode!r}: scenes render camera frames, 'rgb_array' only")
+            raise SceneError(f"render_mode={render_mode!r}: scenes render camera frames, 'rgb_array' only")
         self.config = config = resolve_scene(scene, **overrides)
         self.render_mode = render_mode
         self.sim = sim = _mujoco_env(config, render_mode)
@@ -226,9 +230,9 @@ class SceneEnv(gym.Env):
             for name in config.joints:
                 j = model.joint(name).id
                 if int(model.jnt_type[j]) not in (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE)):
-                    raise ValueError(f"scene {config.name!r}: robot joint {name!r} must be a hinge or a slide")
+                    raise SceneError(f"scene {config.name!r}: robot joint {name!r} must be a hinge or a slide")
                 if int(model.jnt_type[j]) == int(mujoco.mjtJoint.mjJNT_SLIDE) and not model.jnt_limited[j]:
-                    raise ValueError(f"scene {config.name!r}: slide joint {name!r} needs a range in the model")
+                    raise SceneError(f"scene {config.name!r}: slide joint {name!r} needs a range in the model")
             if not config.shadows:
                 model.light_castshadow[:] = 0
                 model.vis.quality.shadowsize = 0

@@ -7,11 +7,13 @@ settings to resume an interrupted collection. Prints the dataset folder.
 import hydra
 
 from dsae.config import register, to_config
+from dsae.errors import report_user_errors
 
 register()
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
+@report_user_errors
 def main(cfg) -> None:
     from dsae.collect import collect
     from dsae.train import dataset_dir

@@ -10,11 +10,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from dsae.config import register, to_config
+from dsae.errors import report_user_errors
 
 register()
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
+@report_user_errors
 def main(cfg) -> None:
     from dsae.evaluate import evaluate_checkpoint
 

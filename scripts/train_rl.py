@@ -11,12 +11,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from dsae.config import to_config
+from dsae.errors import report_user_errors
 from dsae.rl import RLRunConfig, register
 
 register()
 
 
 @hydra.main(config_path="../configs", config_name="train_rl", version_base=None)
+@report_user_errors
 def main(cfg) -> None:
     from dsae.rl import run_rl
 

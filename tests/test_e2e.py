@@ -27,8 +27,9 @@ def tiny_overrides(tmp: Path, run: str, steps: int = 40) -> list[str]:
     ]
 
 
-def script(name: str, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+def script(name: str, *args: str, check: bool = True, env_vars: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update({"WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", **(env_vars or {})})
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=kw.pop("cwd", REPO),
                           capture_output=True, text=True, env=env, timeout=600, **kw)
     if check and proc.returncode != 0:
@@ -122,6 +123,27 @@ def test_bad_input_fails_before_any_work(tmp_path):
     proc = script("train.py", "env.camera_id=0", f"hydra.run.dir={tmp_path / 'w'}", check=False)
     assert proc.returncode != 0 and "camera_id" in proc.stderr and proc.returncode != -6
     assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_user_errors_print_one_line_without_a_traceback(tmp_path):
+    """A user's mistake: one line on stderr, exit status 2; HYDRA_FULL_ERROR=1 brings the stack back."""
+    proc = script("train.py", "train.steps=-1", f"hydra.run.dir={tmp_path / 'a'}", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: train.steps must be >= 1, got -1"
+    proc = script("train.py", "train.steps=-1", f"hydra.run.dir={tmp_path / 'b'}", check=False,
+                  env_vars={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "train.steps must be >= 1" in proc.stderr
+
+    missing = tmp_path / "no" / "such.pt"
+    proc = script("evaluate.py", f"checkpoint={missing}", f"hydra.run.dir={tmp_path / 'c'}", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and str(missing) in proc.stderr
+
+    args = tiny_overrides(tmp_path, "d", 10) + ["logger=none"]
+    script("collect.py", *args)
+    episode = tmp_path / "data" / "episode_00003.npz"
+    episode.write_bytes(episode.read_bytes()[:-50])
+    proc = script("train.py", *args, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "episode_00003.npz" in proc.stderr
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):
