@@ -5,19 +5,38 @@ A checkpoint is a dict saved with torch.save: ``model``, ``optimizer``, ``schedu
 ``config`` (the full Config as a dict), ``image_size`` and ``dataset``. It is written to a
 temporary file beside the target and renamed over it, so an interrupted save never
 leaves a truncated checkpoint under the real name.
+
+A run folder (of ``scripts/train.py`` or ``scripts/train_rl.py``) holds ``config.json``
+(its settings, written first), ``checkpoints/last.pt`` (a DSAE) or ``checkpoints/agent.pt``
+(an RL agent) and, written last, ``metrics.json``, which marks the run as finished. Resuming
+(:func:`find_resume_checkpoint`, :func:`resumed_config`) goes on from the checkpoint with
+the run's own settings.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
 
-from dsae.errors import UserError
+from dsae.errors import ConfigError, UserError
+
+CHECKPOINT = Path("checkpoints") / "last.pt"  # a DSAE's, in its run folder
+AGENT_CHECKPOINT = Path("checkpoints") / "agent.pt"  # an RL agent's
+RUN_CONFIG = "config.json"
+METRICS = "metrics.json"  # written last: a run folder that has it is finished
+RUN_ROOTS = (Path("outputs"), Path("multirun"))  # where Hydra puts single runs and sweep jobs
+RUNTIME_SETTINGS = ("device", "threads", "progress", "logger", "resume", "train.resume", "data.workers",
+                    "train.log_every", "train.eval_every", "train.image_every", "train.checkpoint_every",
+                    "rl.log_every", "rl.checkpoint_every")
+"""Settings that change how a run is carried out or reported, not what it computes: a resumed
+run takes these from the command that resumes it, and the rest from its checkpoint."""
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -40,8 +59,8 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
-        candidate = path / "checkpoints" / "last.pt"
-        path = candidate if candidate.exists() else path / "last.pt"
+        candidate = path / CHECKPOINT
+        path = candidate if candidate.exists() else path / CHECKPOINT.name
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -73,3 +92,86 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _under(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def setting_differences(saved: dict[str, Any], given: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The settings (dotted keys, runtime ones left out) whose values differ: key -> (saved, given)."""
+    a, b = _flat(saved), _flat(given)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if not _under(k, RUNTIME_SETTINGS) and a.get(k) != b.get(k)}
+
+
+def find_resume_checkpoint(resume: Optional[str], run_dir: Path, config: dict[str, Any],
+                           checkpoint: Path = CHECKPOINT, key: str = "train.resume",
+                           roots: Iterable[Path] = RUN_ROOTS) -> Optional[Path]:
+    """The checkpoint that ``train.resume`` (or ``key``) names, or None for a fresh run.
+
+    ``true``/``latest``: this run folder's checkpoint, else that of the newest unfinished run under
+    ``roots`` (``outputs/``, ``multirun/``) made with the same settings as ``config`` (runtime
+    settings aside), so each job of a sweep finds its own; otherwise a run folder or a file.
+    """
+    if resume is None or str(resume).lower() in ("false", "none", "null", ""):
+        return None
+    if str(resume).lower() not in ("true", "latest"):
+        path = Path(resume)
+        path = path / checkpoint if path.is_dir() else path
+        if not path.exists():
+            raise CheckpointError(f"{key}={resume}: no checkpoint at {path}")
+        return path
+    if (run_dir / checkpoint).exists():
+        return run_dir / checkpoint
+    unfinished = sorted((p for root in roots for p in Path(root).glob(f"**/{checkpoint.as_posix()}")
+                         if not (p.parent.parent / METRICS).exists() and (p.parent.parent / RUN_CONFIG).exists()),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in unfinished:
+        if not setting_differences(json.loads((path.parent.parent / RUN_CONFIG).read_text()), config):
+            return path
+    where = " or ".join(f"{r}/" for r in roots)
+    if not unfinished:
+        raise CheckpointError(f"{key}=true but no unfinished run with a checkpoint was found under {where}; "
+                              f"start a fresh run (drop {key}) or pass {key}=PATH to a run folder")
+    newest = unfinished[0].parent.parent
+    diff = setting_differences(json.loads((newest / RUN_CONFIG).read_text()), config)
+    shown = "; ".join(f"{k}: {old!r} there, {new!r} here" for k, (old, new) in list(diff.items())[:3])
+    raise CheckpointError(f"{key}=true but none of the {len(unfinished)} unfinished runs under {where} has this "
+                          f"command's settings (the newest, {newest}, differs in {shown}); "
+                          f"pass {key}={newest} to continue it as it was, or drop {key} for a fresh run")
+
+
+def resumed_config(saved: dict[str, Any], given: dict[str, Any], overridden: Optional[Iterable[str]],
+                   key: str = "train.resume") -> dict[str, Any]:
+    """The settings a resumed run goes on with: the checkpoint's, with the runtime settings of
+    ``given`` (device, logging, ...). A setting that changes the result and was given explicitly
+    with another value than the run's is refused, never dropped in silence: ``overridden`` lists
+    the command line's overrides (``key=value``); None counts every setting in ``given`` as given."""
+    diff = setting_differences(saved, given)
+    if overridden is not None:
+        named = [o.split("=", 1)[0].lstrip("+~") for o in overridden]
+        diff = {k: v for k, v in diff.items() if _under(k, named)}
+    if diff:
+        shown = "; ".join(f"{k}={new!r} (the run has {old!r})" for k, (old, new) in diff.items())
+        raise ConfigError(f"{key}: this command changes settings of the run it resumes: {shown}. Drop those "
+                          f"overrides to continue the run as it was, or drop {key} to start a fresh run with them")
+    merged = copy.deepcopy(saved)
+    for k, v in _flat(given).items():
+        if _under(k, RUNTIME_SETTINGS):
+            *groups, name = k.split(".")
+            node = merged
+            for group in groups:
+                node = node.setdefault(group, {})
+            node[name] = v
+    return merged

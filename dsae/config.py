@@ -39,7 +39,7 @@ class TrainConfig:
     eval_every: int = 500  # held-out reconstruction error
     image_every: int = 500  # keypoint overlay and reconstruction images to the logger
     checkpoint_every: int = 250
-    resume: Optional[str] = None  # "true"/"latest": newest unfinished run; or a run folder / checkpoint path
+    resume: Optional[str] = None  # "true"/"latest": the unfinished run with these settings; or a run folder / checkpoint
     probe_frames: int = 6000  # at most this many training frames fit the linear probe
     amp: str = "auto"  # "auto": bf16 autocast on CUDA and on CPUs with native bf16; "bf16"; "none" (float32)
     channels_last: Optional[bool] = None  # None: on CUDA only (measured slower on CPU)

@@ -29,24 +29,34 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from dsae.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from dsae.checkpoint import (
+    AGENT_CHECKPOINT,
+    METRICS,
+    RUN_CONFIG,
+    CheckpointError,
+    find_resume_checkpoint,
+    load_checkpoint,
+    resumed_config,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from dsae.config import LoggerConfig, from_dict, to_dict
 from dsae.device import resolve_device
 from dsae.errors import ConfigError
 from dsae.logger import Logger, drop_rows_after
 from dsae.sac import DSAEFeatures, ObsEncoder, PixelEncoder, ReplayBuffer, SACAgent, SACConfig
-from dsae.train import METRICS, find_resume_checkpoint
 from dsae.wrappers import KeypointObservation, PixelObservation
 from envs import VISUAL_FIELDS, EnvConfig, make_env
 
 OBS_MODES = ("state", "pixels", "keypoints")
-CHECKPOINT = Path("checkpoints") / "agent.pt"
 RETURNS_CSV = "returns.csv"
 EVAL_SEED = 2**30  # evaluation episode i uses seed EVAL_SEED + i in every run
 
@@ -168,19 +178,21 @@ def _normalised(ret: float, random_return: Optional[float], state_return: Option
     return (ret - random_return) / (state_return - random_return)
 
 
-def run_rl(cfg: RLRunConfig, run_dir: Path | str) -> dict[str, Any]:
-    """Train (or resume) an agent; returns the metrics also written to ``<run>/metrics.json``."""
+def run_rl(cfg: RLRunConfig, run_dir: Path | str, overrides: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Train (or resume) an agent; returns the metrics also written to ``<run>/metrics.json``.
+
+    ``overrides``: the command line's ``key=value`` overrides; a resumed run refuses those that
+    would change its settings (None: every setting of ``cfg``)."""
     from tqdm import tqdm
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    resume_from = find_resume_checkpoint(cfg.resume, run_dir, checkpoint=CHECKPOINT, key="resume")
+    given = to_dict(cfg)
+    resume_from = find_resume_checkpoint(cfg.resume, run_dir, given, checkpoint=AGENT_CHECKPOINT, key="resume")
     state = None
     if resume_from is not None:
         state = load_checkpoint(resume_from)
-        requested = (cfg.device, cfg.threads, cfg.progress)
-        cfg = from_dict(state["config"], RLRunConfig)
-        cfg.device, cfg.threads, cfg.progress = requested
+        cfg = from_dict(resumed_config(state["config"], given, overrides, key="resume"), RLRunConfig)
         run_dir = resume_from.parent.parent
         print(f"[dsae] resuming {run_dir} from env step {state['step']} of {cfg.rl.steps}")
     _check(cfg)
@@ -188,7 +200,7 @@ def run_rl(cfg: RLRunConfig, run_dir: Path | str) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    (run_dir / RUN_CONFIG).write_text(json.dumps(to_dict(cfg), indent=2))
     seed_everything(cfg.seed)
 
     setup = Setup(cfg, device)
@@ -245,7 +257,7 @@ def run_rl(cfg: RLRunConfig, run_dir: Path | str) -> dict[str, Any]:
         return row
 
     def checkpoint() -> None:
-        save_checkpoint(run_dir / CHECKPOINT, {
+        save_checkpoint(run_dir / AGENT_CHECKPOINT, {
             "model": "sac", "agent": agent.state_dict(), "config": to_dict(cfg),
             **{name: getattr(agent, name).state_dict() for name in ("critic_opt", "actor_opt", "alpha_opt")},
             "buffer": buffer.state_dict(), "rng": {**rng_state(), "numpy_generator": rng.bit_generator.state},
@@ -323,7 +335,7 @@ def run_rl(cfg: RLRunConfig, run_dir: Path | str) -> dict[str, Any]:
         "encoder": str(Path(cfg.encoder).resolve()) if cfg.encoder else None,
         "finetune_encoder": r.finetune_encoder,
         "device": str(device),
-        "checkpoint": str(run_dir / CHECKPOINT),
+        "checkpoint": str(run_dir / AGENT_CHECKPOINT),
     }
     logger.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
     logger.close()
@@ -337,7 +349,7 @@ class Policy:
     """A trained agent loaded from its run: ``policy.act(obs)`` on observations of ``policy.make_env()``."""
 
     def __init__(self, path: Path | str, device: Optional[str | torch.device] = None):
-        state = load_checkpoint(Path(path) if not Path(path).is_dir() else Path(path) / CHECKPOINT)
+        state = load_checkpoint(Path(path) if not Path(path).is_dir() else Path(path) / AGENT_CHECKPOINT)
         if state.get("model") != "sac":
             raise CheckpointError(f"{path} is not an RL agent checkpoint (scripts/train_rl.py writes those)")
         self.cfg = from_dict(state["config"], RLRunConfig)

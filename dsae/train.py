@@ -6,10 +6,11 @@ folder ends up holding ``config.json``, ``checkpoints/last.pt``, ``scalars.jsonl
 marks the run as finished.
 
 Resuming (``train.resume``): ``true``/``latest`` continues this run folder if it has a
-checkpoint, else the newest unfinished run under ``outputs/``; a path names a run folder
-or a checkpoint. The run continues in its own folder, with the configuration saved in its
-checkpoint, to the same final step, with the optimiser, schedule, RNG and batch sampler
-restored, so the result matches an uninterrupted run.
+checkpoint, else the newest unfinished run under ``outputs/`` or ``multirun/`` made with the
+same settings; a path names a run folder or a checkpoint. The run continues in its own
+folder with its own settings (:func:`dsae.checkpoint.resumed_config`: an override that would
+change them is refused), to the same final step, with the optimiser, schedule, RNG and batch
+sampler restored, so the result matches an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from dsae.checkpoint import (
-    CheckpointError,
+    CHECKPOINT,
+    METRICS,
+    RUN_CONFIG,
+    find_resume_checkpoint,
     load_checkpoint,
+    resumed_config,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -41,8 +46,6 @@ from dsae.evaluate import probe_dataset, reconstruction_mse
 from dsae.logger import Logger
 from dsae.model import DeepSpatialAutoencoder, gray_target
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
-METRICS = "metrics.json"
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -67,34 +70,6 @@ def background_frames(dataset: Dataset, episodes: np.ndarray, seed: int, count: 
     frames = dataset.frames[episodes].reshape(-1, *dataset.frames.shape[2:])
     pick = np.random.default_rng(seed).choice(len(frames), min(count, len(frames)), replace=False)
     return frames[np.sort(pick)]
-
-
-def find_resume_checkpoint(resume: Optional[str], run_dir: Path, outputs: Path = Path("outputs"),
-                           checkpoint: Path = CHECKPOINT, key: str = "train.resume") -> Optional[Path]:
-    """The checkpoint that ``train.resume`` (or ``key``) names, or None for a fresh run.
-
-    ``true``/``latest``: this run folder's checkpoint, else the newest unfinished run's (one with a
-    ``checkpoint`` file and no metrics.json) under ``outputs``; otherwise a run folder or a file.
-    """
-    if resume is None or str(resume).lower() in ("false", "none", "null", ""):
-        return None
-    if str(resume).lower() in ("true", "latest"):
-        own = run_dir / checkpoint
-        if own.exists():
-            return own
-        candidates = [p for p in outputs.glob(f"**/{checkpoint.as_posix()}")
-                      if not (p.parent.parent / METRICS).exists()]
-        if not candidates:
-            raise CheckpointError(
-                f"{key}=true but no unfinished run with a checkpoint was found under {outputs}/; "
-                f"start a fresh run (drop {key}) or pass {key}=PATH to a run folder")
-        return max(candidates, key=lambda p: p.stat().st_mtime)
-    path = Path(resume)
-    if path.is_dir():
-        path = path / checkpoint
-    if not path.exists():
-        raise CheckpointError(f"{key}={resume}: no checkpoint at {path}")
-    return path
 
 
 def _lr_lambda(schedule: str, total: int):
@@ -239,8 +214,12 @@ def _drop_stray_run_dir(own: Path, used: Path) -> None:
         shutil.rmtree(own, ignore_errors=True)
 
 
-def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dict[str, Any]:
+def run_training(cfg: Config, run_dir: Path | str, progress: bool = True,
+                 overrides: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Train (or resume) a DSAE; returns the metrics also written to ``<run>/metrics.json``.
+
+    ``overrides``: the command line's ``key=value`` overrides (what the user set explicitly); a
+    resumed run refuses those that would change its settings (None: every setting of ``cfg``).
 
     Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel: every process
     draws the same global batch of ``train.batch_size`` triples and trains on its 1/N share, so
@@ -255,14 +234,13 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
     run_dir = Path(_broadcast(str(own_dir), world))
     if not lead:
         _drop_stray_run_dir(own_dir, run_dir)
-    resume_from = find_resume_checkpoint(cfg.train.resume, run_dir) if lead else None
+    given = to_dict(cfg)
+    resume_from = find_resume_checkpoint(cfg.train.resume, run_dir, given) if lead else None
     resume_from = _broadcast(resume_from, world)
     state = None
     if resume_from is not None:
         state = load_checkpoint(resume_from)
-        requested_device = cfg.device
-        cfg = from_dict(state["config"])
-        cfg.device = requested_device
+        cfg = from_dict(resumed_config(state["config"], given, overrides))
         run_dir = resume_from.parent.parent
         if lead:
             print(f"[dsae] resuming {run_dir} from step {state['step']} of {cfg.train.steps}")
@@ -272,7 +250,7 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True) -> dic
     device = dist_device or resolve_device(cfg.device)
     if lead:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        (run_dir / RUN_CONFIG).write_text(json.dumps(to_dict(cfg), indent=2))
 
     seed_everything(cfg.seed)
     dataset = ensure_dataset(cfg) if lead else None

@@ -21,7 +21,8 @@ register()
 def main(cfg) -> None:
     from dsae.train import run_training
 
-    metrics = run_training(to_config(cfg), HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    metrics = run_training(to_config(cfg), hydra_cfg.runtime.output_dir, overrides=hydra_cfg.overrides.task)
     if metrics:  # under torchrun, only rank 0 reports
         print(json.dumps(metrics, indent=2))
 

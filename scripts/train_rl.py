@@ -22,7 +22,8 @@ register()
 def main(cfg) -> None:
     from dsae.rl import run_rl
 
-    metrics = run_rl(to_config(cfg, RLRunConfig), HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    metrics = run_rl(to_config(cfg, RLRunConfig), hydra_cfg.runtime.output_dir, overrides=hydra_cfg.overrides.task)
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("curve", "eval_returns")}, indent=2))
 
 

@@ -3,8 +3,8 @@
 import json
 from dataclasses import replace
 
-from dsae.checkpoint import load_checkpoint, save_checkpoint
-from dsae.train import CHECKPOINT, METRICS, run_training
+from dsae.checkpoint import CHECKPOINT, METRICS, load_checkpoint, save_checkpoint
+from dsae.train import run_training
 
 
 def logged_steps(run, key="train/loss"):
@@ -49,3 +49,56 @@ def test_the_precision_and_hardware_a_run_trained_on_are_recorded(tiny_dataset, 
     for record in (metrics, state, json.loads((run / METRICS).read_text())):
         assert record["precision"] == "float32" and record["device"] == "cpu"
         assert record["device_name"] and isinstance(record["device_name"], str)
+
+
+def _unfinished_run(cfg, run, **changes):
+    """A run of ``cfg`` (with ``changes`` to its train or top-level settings) that stopped after its last checkpoint."""
+    train = {k: v for k, v in changes.items() if hasattr(cfg.train, k)}
+    top = {k: v for k, v in changes.items() if k not in train}
+    run_training(replace(cfg, train=replace(cfg.train, steps=10, **train), **top), run, progress=False)
+    (run / METRICS).unlink()
+    return run
+
+
+def test_resume_true_takes_the_unfinished_run_with_the_same_settings(tiny_dataset, tmp_path, monkeypatch):
+    """Two jobs of a sweep (seeds 0 and 1) both stopped: each resumes its own, not the newest."""
+    cfg, _ = tiny_dataset
+    monkeypatch.chdir(tmp_path)
+    mine = _unfinished_run(cfg, tmp_path / "multirun" / "sweep" / "0", seed=0)
+    newer = _unfinished_run(cfg, tmp_path / "multirun" / "sweep" / "1", seed=1)
+    run_training(replace(cfg, seed=0, train=replace(cfg.train, steps=10, resume="true")), tmp_path / "new",
+                 progress=False)
+    assert (mine / METRICS).exists() and not (newer / METRICS).exists()
+    assert not (tmp_path / "new" / METRICS).exists()
+
+
+def test_resume_true_with_no_matching_run_names_the_difference(tiny_dataset, tmp_path, monkeypatch):
+    import pytest
+
+    from dsae.checkpoint import CheckpointError
+
+    cfg, _ = tiny_dataset
+    monkeypatch.chdir(tmp_path)
+    _unfinished_run(cfg, tmp_path / "outputs" / "other", seed=3)
+    with pytest.raises(CheckpointError, match="seed: 3 there, 0 here.*train.resume=outputs/other to continue"):
+        run_training(replace(cfg, train=replace(cfg.train, steps=10, resume="true")), tmp_path / "new", progress=False)
+
+
+def test_an_override_that_changes_a_resumed_run_is_refused_not_dropped(tiny_dataset, tmp_path):
+    import pytest
+
+    from dsae.errors import ConfigError
+
+    cfg, _ = tiny_dataset
+    run = _unfinished_run(cfg, tmp_path / "run")
+    changed = replace(cfg, train=replace(cfg.train, steps=10, lr=0.01, resume=str(run)))
+    with pytest.raises(ConfigError, match=r"train.lr=0.01 \(the run has 0.001\)"):
+        run_training(changed, tmp_path / "new", progress=False, overrides=[f"train.resume={run}", "train.lr=0.01"])
+    with pytest.raises(ConfigError, match="train.lr"):  # from Python, every setting counts as given
+        run_training(changed, tmp_path / "new", progress=False)
+    assert not (run / METRICS).exists()
+    # Settings the command line did not name come from the run; runtime settings from the command.
+    run_training(replace(changed, train=replace(changed.train, log_every=2)), tmp_path / "new", progress=False,
+                 overrides=[f"train.resume={run}", "train.log_every=2"])
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["lr"] == 0.001 and saved["train"]["log_every"] == 2
