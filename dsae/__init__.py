@@ -5,43 +5,38 @@ Public API::
     from dsae import DeepSpatialAutoencoder, SpatialSoftmax, load_encoder
     encoder = load_encoder("outputs/<run>/checkpoints/last.pt")  # uint8 (B, H, W, 3) -> (B, K, 2)
     keypoints = dsae.spatial_soft_argmax(features)                # (B, C, H, W) -> (B, C, 2)
-    env = dsae.KeypointObservation(make_env(...), encoder)        # gymnasium: keypoints + proprio
+    env = dsae.KeypointObservation(make_env(...), encoder)        # gymnasium: keypoints + joint features
 """
 
-from dsae import numpy_ref
-from dsae.api import KeypointEncoder, load_encoder
-from dsae.model import DeepSpatialAutoencoder, ModelConfig
-from dsae.wrappers import KeypointObservation, KeypointObservationVector, PixelObservation
+from dsae.api import PretrainedEncoder, load_encoder
+from dsae.config import ModelConfig
+from dsae.model import DeepSpatialAutoencoder
+from dsae.rl.wrappers import KeypointObservation, KeypointObservationVector, PixelObservation
 from dsae.spatial_softmax import (
     SoftArgmaxResult,
     SpatialSoftmax,
-    from_kornia,
     from_pixels,
     from_tf_contrib,
     spatial_soft_argmax,
     spatial_soft_argmax_full,
-    to_kornia,
     to_pixels,
     to_tf_contrib,
 )
 
 __all__ = [
     "DeepSpatialAutoencoder",
-    "KeypointEncoder",
+    "PretrainedEncoder",
     "KeypointObservation",
     "KeypointObservationVector",
     "ModelConfig",
     "SoftArgmaxResult",
     "SpatialSoftmax",
-    "from_kornia",
     "from_pixels",
     "from_tf_contrib",
     "load_encoder",
-    "numpy_ref",
     "PixelObservation",
     "spatial_soft_argmax",
     "spatial_soft_argmax_full",
-    "to_kornia",
     "to_pixels",
     "to_tf_contrib",
 ]

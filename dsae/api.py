@@ -12,11 +12,11 @@ from dsae.checkpoint import load_checkpoint
 from dsae.config import from_dict
 from dsae.device import resolve_device
 from dsae.errors import ConfigError
-from dsae.model import DeepSpatialAutoencoder, Encoder, to_float_images
+from dsae.model import DeepSpatialAutoencoder, SpatialEncoder, to_float_images
 from envs import EnvConfig
 
 
-class KeypointEncoder(nn.Module):
+class PretrainedEncoder(nn.Module):
     """A trained DSAE encoder: images -> keypoints (B, K, 2) in the docs/architecture.md convention.
 
     Accepts uint8 (B, H, W, 3) (as envs and datasets give them) or float (B, 3, H, W) in
@@ -26,7 +26,7 @@ class KeypointEncoder(nn.Module):
     frames as its training frames were rendered, and the keypoint wrappers refuse other frames.
     """
 
-    def __init__(self, encoder: Encoder, image_size: int, env_config: Optional[EnvConfig] = None):
+    def __init__(self, encoder: SpatialEncoder, image_size: int, env_config: Optional[EnvConfig] = None):
         super().__init__()
         self.encoder = encoder
         self.image_size = image_size
@@ -56,10 +56,10 @@ def load_model(path: Path | str, device: Optional[str | torch.device] = None) ->
     return model.to(resolve_device(device)).eval(), state
 
 
-def load_encoder(path: Path | str, device: Optional[str | torch.device] = None) -> KeypointEncoder:
+def load_encoder(path: Path | str, device: Optional[str | torch.device] = None) -> PretrainedEncoder:
     """The frozen encoder of a checkpoint; ``device=None`` picks cuda when present."""
     model, state = load_model(path, device)
-    encoder = KeypointEncoder(model.encoder, state["image_size"], from_dict(state["config"]).env).eval()
+    encoder = PretrainedEncoder(model.encoder, state["image_size"], from_dict(state["config"]).env).eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
     return encoder

@@ -44,7 +44,7 @@ class ExplorationPolicy:
     position servo by commanding the target; Gaussian noise (``noise`` half-ranges) is added.
     Other actuators, and every actuator with ``kind="random"``, act uniformly over their
     ctrlrange. Each env slot has its own random stream, seeded per episode by ``reset(seeds)``.
-    Batched: proprio (N, 2J) -> actions (N, A).
+    Batched: joint_state (N, 2J) -> actions (N, A).
     """
 
     def __init__(self, env, kind: str = "pd", gain: float = 3.0, damping: float = 0.15,
@@ -77,9 +77,9 @@ class ExplorationPolicy:
     def _hold(self, rng: np.random.Generator) -> int:
         return int(rng.integers(self.hold[0], self.hold[1], endpoint=True))
 
-    def __call__(self, proprio: np.ndarray) -> np.ndarray:
-        if len(self.rngs) != proprio.shape[0]:
-            raise RuntimeError(f"policy reset for {len(self.rngs)} envs, called with {proprio.shape[0]}")
+    def __call__(self, joint_state: np.ndarray) -> np.ndarray:
+        if len(self.rngs) != joint_state.shape[0]:
+            raise RuntimeError(f"policy reset for {len(self.rngs)} envs, called with {joint_state.shape[0]}")
         uniform = np.stack([r.uniform(self.low, self.high) for r in self.rngs])
         if self.kind == "random":
             return uniform
@@ -90,7 +90,7 @@ class ExplorationPolicy:
         j = len(self.ranges)
         driven = self.joint >= 0
         index = np.where(driven, self.joint, 0)
-        angle, velocity, target = proprio[:, index], proprio[:, j + index], self.targets[:, index]
+        angle, velocity, target = joint_state[:, index], joint_state[:, j + index], self.targets[:, index]
         error = np.angle(np.exp(1j * (target - angle)))  # wrapped to (-pi, pi]
         mid, half = (self.high + self.low) / 2, (self.high - self.low) / 2
         pd = mid + half * (self.gain * error - self.damping * velocity)
@@ -158,10 +158,6 @@ def collect(env_cfg: EnvConfig, data_cfg: DataConfig, root: Path | str | None = 
 
     from envs import make_env
 
-    if data_cfg.episodes < 2:
-        raise ConfigError(f"data.episodes must be >= 2 (train and held-out), got {data_cfg.episodes}")
-    if data_cfg.workers < 1:
-        raise ConfigError(f"data.workers must be >= 1, got {data_cfg.workers}")
     root = Path(root) if root is not None else (
         Path(data_cfg.dir) if data_cfg.dir else default_dataset_dir(env_cfg, data_cfg))
     settings = dataset_settings(env_cfg, data_cfg)
@@ -216,18 +212,18 @@ def _run_batch(envs, policy: ExplorationPolicy, indices: list[int], seed: int, o
     seeds = [seed + i for i in indices] + [seed + indices[-1] + 1 + k for k in range(n - len(indices))]
     _, info = envs.reset(seed=seeds)
     policy.reset(seeds)
-    frames, actions, proprio = [np.stack(envs.call("render"))], [], [info["proprio"]]
+    frames, actions, joint_state = [np.stack(envs.call("render"))], [], [info["joint_state"]]
     pos = {o: [info["positions"][o]] for o in objects}
     px = {o: [info["pixels"][o]] for o in objects}
     matrix = info["camera_matrix"][0]
     while True:
-        action = policy(info["proprio"])
+        action = policy(info["joint_state"])
         _, _, terminated, truncated, info = envs.step(action.astype(np.float32))
         if terminated.any():
             raise RuntimeError("an env terminated before its time limit; collection expects fixed-length episodes")
         frames.append(np.stack(envs.call("render")))
         actions.append(action)
-        proprio.append(info["proprio"])
+        joint_state.append(info["joint_state"])
         for o in objects:
             pos[o].append(info["positions"][o])
             px[o].append(info["pixels"][o])
@@ -240,7 +236,7 @@ def _run_batch(envs, policy: ExplorationPolicy, indices: list[int], seed: int, o
         episode = {
             "frames": np.stack([f[k] for f in frames]).astype(np.uint8),
             "actions": np.stack([a[k] for a in actions]).astype(np.float32),
-            "proprio": np.stack([p[k] for p in proprio]).astype(np.float32),
+            "joint_state": np.stack([p[k] for p in joint_state]).astype(np.float32),
             "camera_matrix": np.asarray(matrix, dtype=np.float64),
         }
         for o in objects:

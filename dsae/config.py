@@ -1,66 +1,166 @@
-"""Typed configuration: the dataclass schema every Hydra config is checked against.
+"""Typed configuration: the dataclass schema every Hydra config of the DSAE scripts is checked against.
+
+Each default lives here, once (the scene's settings live in ``envs.EnvConfig`` and the scene
+files, RL's in :mod:`dsae.rl.config`); the YAML files of ``configs/`` state only what differs
+from these defaults, and a test fails if one restates a default. The comment beside a field is
+its meaning: ``python scripts/train.py --help`` prints them (:func:`describe`). A config checks
+itself when it is built, from Hydra or in Python, and raises :class:`~dsae.errors.ConfigError`
+naming the first bad setting.
 
 ``configs/config.yaml`` composes the groups (env/, model/, train/, logger/) on top of
 :class:`Config`, registered with Hydra's ConfigStore as ``base_config``; a misspelt key or a
-value of the wrong type fails at start-up with a message that names the key. The package
-itself takes these dataclasses, so it is usable without Hydra.
+value of the wrong type fails at start-up with a message that names the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from envs import EnvConfig
-from dsae.model import ModelConfig
+from dsae.errors import ConfigError
+from envs import EnvConfig, load_scene
+
+
+def check_at_least(section: Any, prefix: str, minimum: float, *keys: str) -> None:
+    """Raise ConfigError naming ``prefix.key`` when a field of ``section`` is below ``minimum``."""
+    for key in keys:
+        if getattr(section, key) < minimum:
+            name = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"{name} must be >= {minimum}, got {getattr(section, key)}")
+
+
+def check_choice(value: Any, name: str, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def default_scene() -> EnvConfig:
+    """The scene of a config built in Python without one: Reacher, as Hydra's ``env: reacher``."""
+    return load_scene("reacher")
+
+
+PADDINGS = ("valid", "same")
+NORMS = ("none", "batch", "group")
+DECODERS = ("gaussian", "fc")
+
+
+@dataclass
+class ModelConfig:
+    """The ``model`` group: architecture and loss (``model=finn2016`` is the paper's)."""
+
+    channels: list[int] = field(default_factory=lambda: [64, 32, 16])  # conv widths of the encoder
+    kernels: list[int] = field(default_factory=lambda: [7, 5, 5])  # conv kernel sizes
+    strides: list[int] = field(default_factory=lambda: [2, 1, 1])  # conv strides
+    padding: str = "valid"  # valid (paper) or same
+    norm: str = "batch"  # none (paper), batch or group, after each conv
+    num_keypoints: int = 16  # K
+    project: Optional[bool] = None  # a 1x1 conv from channels[-1] to K; None: only when they differ
+    temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
+    learn_temperature: bool = True  # learn the temperature (paper) or keep it fixed
+    recon_size: int = 32  # side of the grayscale reconstruction target
+    decoder: str = "gaussian"  # gaussian (keypoints drawn as maps, then convs) or fc (the paper's)
+    decoder_hidden: list[int] = field(default_factory=lambda: [512])  # fc: hidden widths; [] = the paper's linear layer
+    decoder_channels: int = 32  # gaussian: width of its conv layers
+    decoder_sigma: float = 0.1  # gaussian: blob std in normalised units ([-1, 1] spans the image)
+    decoder_kernel: int = 3  # gaussian: conv kernel size; 1 lets a keypoint draw only around itself
+    slow_weight: float = 0.01  # weight of g_slow in the loss (paper: 1.0)
+    foreground_weight: float = 0.0  # pixels weigh 1 + this * |target - the scene's median image|
+    separation_weight: float = 0.0  # weight of a penalty on keypoints closer than separation_sigma
+    separation_sigma: float = 0.1  # separation penalty's reach, normalised units
+
+    def __post_init__(self) -> None:
+        if not (len(self.channels) == len(self.kernels) == len(self.strides)) or not self.channels:
+            raise ConfigError("model.channels, model.kernels and model.strides must be non-empty and of equal length")
+        check_choice(self.padding, "model.padding", PADDINGS)
+        check_choice(self.norm, "model.norm", NORMS)
+        check_choice(self.decoder, "model.decoder", DECODERS)
+        check_at_least(self, "model", 1, "num_keypoints", "recon_size", "decoder_channels", "decoder_kernel")
+        if self.decoder_kernel % 2 == 0:
+            raise ConfigError(f"model.decoder_kernel must be an odd size >= 1, got {self.decoder_kernel}")
+        if self.project is False and self.channels[-1] != self.num_keypoints:
+            raise ConfigError(
+                f"model.num_keypoints={self.num_keypoints} differs from the last conv's {self.channels[-1]} "
+                "channels: set model.project=true for a 1x1 projection, or make model.channels end in num_keypoints")
+        if not self.temperature > 0 or not self.decoder_sigma > 0 or not self.separation_sigma > 0:
+            raise ConfigError("model.temperature, model.decoder_sigma and model.separation_sigma must be > 0")
 
 
 @dataclass
 class DataConfig:
     """Where the dataset lives and how it is collected."""
 
-    dir: Optional[str] = None  # None: data/<env>-<hash of the settings below and env/>
-    episodes: int = 400
+    dir: Optional[str] = None  # None: data/<env>-<size>px-<hash of the settings below and env/>
+    episodes: int = 400  # exactly this many episodes are used (collected when the folder holds fewer)
     workers: int = 2  # parallel env processes (gymnasium AsyncVectorEnv); 1 = in-process
-    seed: int = 0
-    policy: str = "pd"  # "pd": PD control to random joint targets; "random": uniform actions
+    seed: int = 0  # episode i starts from seed + i
+    policy: str = "pd"  # pd: PD control to random joint targets; random: uniform actions
     val_fraction: float = 0.1  # the last episodes, held out for evaluation
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "data", 2, "episodes")  # train and held-out
+        check_at_least(self, "data", 1, "workers")
+        check_choice(self.policy, "data.policy", ("pd", "random"))
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+LR_SCHEDULES = ("cosine", "constant")
+AMP_MODES = ("auto", "bf16", "none")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
+    """The ``train`` group: optimisation, logging intervals, resuming, speed options."""
+
+    steps: int = 2000  # optimisation steps
     batch_size: int = 32  # frame triples per step (3x as many images)
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    lr_schedule: str = "cosine"  # "cosine" or "constant"
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam weight decay
+    lr_schedule: str = "cosine"  # cosine (to 5% of lr) or constant
     grad_clip: float = 10.0  # max gradient norm; 0 disables
-    log_every: int = 25
-    eval_every: int = 500  # held-out reconstruction error
-    image_every: int = 500  # keypoint overlay and reconstruction images to the logger
-    checkpoint_every: int = 250
-    resume: Optional[str] = None  # "true"/"latest": the unfinished run with these settings; or a run folder / checkpoint
+    log_every: int = 25  # steps between logged training scalars
+    eval_every: int = 500  # steps between held-out reconstruction errors
+    image_every: int = 500  # steps between keypoint overlay and reconstruction images
+    checkpoint_every: int = 250  # steps between checkpoints
+    resume: Optional[str] = None  # true: the unfinished run with these settings; or a run folder / checkpoint
     probe_frames: int = 6000  # at most this many training frames fit the linear probe
-    amp: str = "auto"  # "auto": bf16 autocast on CUDA and on CPUs with native bf16; "bf16"; "none" (float32)
+    amp: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16 (depends on the hardware); bf16; none (float32)
     channels_last: Optional[bool] = None  # None: on CUDA only (measured slower on CPU)
     compile: bool = False  # torch.compile the training step's forward and loss
     data_on_device: Optional[bool] = None  # keep uint8 frames on the device; None: when they fit
 
+    def __post_init__(self) -> None:
+        check_at_least(self, "train", 1, "steps", "batch_size", "log_every", "eval_every", "image_every",
+                       "checkpoint_every", "probe_frames")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        check_choice(self.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
+        check_choice(self.amp, "train.amp", AMP_MODES)
+
 
 @dataclass
 class LoggerConfig:
-    backend: str = "wandb"  # "wandb" or "none"
-    mode: str = "offline"  # wandb mode: "offline" (no account needed), "online", "disabled"
-    project: str = "dsae"
-    entity: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
+    """The ``logger`` group (``logger=none`` turns wandb off; files are written either way)."""
+
+    backend: str = "wandb"  # wandb or none
+    mode: str = "offline"  # wandb mode: offline (no account needed), online, disabled
+    project: str = "dsae"  # wandb project
+    entity: Optional[str] = None  # wandb entity (team or user)
+    tags: list[str] = field(default_factory=list)  # wandb tags
+
+    def __post_init__(self) -> None:
+        check_choice(self.backend, "logger.backend", ("wandb", "none"))
+        check_choice(self.mode, "logger.mode", ("offline", "online", "disabled"))
 
 
 @dataclass
 class VisConfig:
     """scripts/visualize.py: videos of fresh rollouts with tracked keypoints."""
 
-    fps: int = 10
+    fps: int = 10  # video frame rate
     scale: int = 4  # the camera frame is enlarged this many times
     trail: int = 8  # steps of trail behind each keypoint
     top_k: Optional[int] = None  # keep only the k most present keypoints (others drawn dimmed)
@@ -68,35 +168,95 @@ class VisConfig:
     process_std: float = 0.05  # Kalman filter: acceleration noise per step (normalised units)
     measurement_std: float = 0.03  # Kalman filter: keypoint noise (normalised units)
     sheet_frames: int = 8  # frames in each contact sheet
-    temperatures: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.3, 1.0])
+    temperatures: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.3, 1.0])  # the temperature panel's
     seed: int = 1000  # episodes use seeds seed, seed + 1, ... (not the training seeds)
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "vis", 1, "fps", "scale", "sheet_frames")
+        if not self.process_std > 0 or not self.measurement_std > 0:
+            raise ConfigError("vis.process_std and vis.measurement_std must be > 0")
 
 
 @dataclass
 class Config:
-    env: EnvConfig = field(default_factory=EnvConfig)
+    """Top-level schema of ``configs/config.yaml`` (train.py, collect.py, evaluate.py, visualize.py)."""
+
+    env: EnvConfig = field(default_factory=default_scene)  # the scene (configs/env/<name>.yaml)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    seed: int = 0
-    device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
+    seed: int = 0  # weights, batches and the probe's frame choice
+    device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:1, ...
     checkpoint: Optional[str] = None  # evaluate.py / visualize.py: the checkpoint (or run folder)
     episodes: int = 3  # visualize.py: fresh episodes to film
-    policy: Optional[str] = None  # visualize.py: a scripts/train_rl.py run whose agent acts
+    policy: Optional[str] = None  # visualize.py: a scripts/train_rl.py run whose agent acts (default: random actions)
     vis: VisConfig = field(default_factory=VisConfig)
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "", 1, "episodes")
 
 
 def register() -> None:
-    """Register :class:`Config` with Hydra's ConfigStore (idempotent)."""
+    """Register :class:`Config` with Hydra's ConfigStore (idempotent), and the resolver that
+    ``hydra.help.template`` uses to print every field's meaning."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
-    ConfigStore.instance().store(name="base_config", node=Config)
+    ConfigStore.instance().store(name="base_config", node=schema_node(Config))
+    if not OmegaConf.has_resolver("dsae_help"):
+        OmegaConf.register_new_resolver("dsae_help", lambda schema: describe(_schema(schema)))
+
+
+def schema_node(schema: type) -> Any:
+    """``schema`` as an OmegaConf node to compose or merge onto. Its ``env`` starts from
+    EnvConfig's field defaults, not from the Reacher scene that a Python ``Config()`` holds, so a
+    scene file (or a saved config) fills it without inheriting Reacher's objects or markers."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(schema)
+    if "env" in {f.name for f in dataclasses.fields(schema)}:
+        node.env = OmegaConf.structured(EnvConfig)
+    return node
+
+
+def _schema(dotted: str) -> type:
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def field_comments(schema: type) -> dict[str, str]:
+    """The comment written beside each field of a dataclass, from its source."""
+    comments = {}
+    for line in inspect.getsource(schema).splitlines():
+        found = re.match(r"\s+(\w+): [^#]*#\s?(.*)$", line)
+        if found:
+            comments[found.group(1)] = found.group(2)
+    return comments
+
+
+def describe(schema: type, prefix: str = "", values: Any = None) -> str:
+    """Every setting of ``schema`` (nested dataclasses too), one a line: ``key = default  # meaning``.
+    ``values``: an instance whose values to show instead of the field defaults."""
+    lines, comments = [], field_comments(schema)
+    for f in dataclasses.fields(schema):
+        if values is not None:
+            value = getattr(values, f.name)
+        else:
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(value):
+            lines += ["", describe(type(value), f"{prefix}{f.name}.", value)]
+        else:
+            note = f"  # {comments[f.name]}" if f.name in comments else ""
+            lines.append(f"  {prefix}{f.name} = {value!r}{note}")
+    return "\n".join(lines)
 
 
 def to_config(cfg: Any, schema: type = Config) -> Any:
     """An OmegaConf DictConfig (from Hydra) or a ``schema`` instance -> a ``schema`` dataclass
-    instance (``Config``, or e.g. ``dsae.rl.RLRunConfig``)."""
+    instance (``Config``, or e.g. ``dsae.rl.config.RLRunConfig``), checked."""
     if isinstance(cfg, schema):
         return cfg
     from omegaconf import OmegaConf
@@ -109,13 +269,11 @@ def to_config(cfg: Any, schema: type = Config) -> Any:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A config dataclass as plain dicts and lists (for JSON, checkpoints and loggers)."""
-    from dataclasses import asdict
-
-    return asdict(cfg)
+    return dataclasses.asdict(cfg)
 
 
 def from_dict(data: dict[str, Any], schema: type = Config) -> Any:
     """The inverse of :func:`to_dict`, checked against ``schema``."""
     from omegaconf import OmegaConf
 
-    return to_config(OmegaConf.merge(OmegaConf.structured(schema), data), schema)
+    return to_config(OmegaConf.merge(schema_node(schema), data), schema)

@@ -5,7 +5,7 @@ Layout of a dataset folder::
     manifest.json          settings, counts, and the sha256 of every episode file
     episode_00000.npz      frames  uint8 (T+1, H, W, 3)   the camera image before each step and after the last
                            actions float32 (T, A)
-                           proprio float32 (T+1, 2J)      joint angles then joint velocities
+                           joint_state float32 (T+1, 2J)  joint angles then joint velocities
                            pos_<object> float64 (T+1, 3)  world positions
                            px_<object>  float64 (T+1, 2)  pixel (column, row) positions
                            camera_matrix float64 (3, 4)
@@ -31,7 +31,7 @@ import torch
 from dsae.errors import UserError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the robot state is stored as joint_state (was proprio)
 
 
 class DatasetError(UserError, RuntimeError):
@@ -103,7 +103,7 @@ class Dataset:
     manifest: dict[str, Any]
     frames: np.ndarray  # uint8 (N, T+1, H, W, 3)
     actions: np.ndarray  # float32 (N, T, A)
-    proprio: np.ndarray  # float32 (N, T+1, 2J)
+    joint_state: np.ndarray  # float32 (N, T+1, 2J)
     positions: dict[str, np.ndarray]  # object -> (N, T+1, 3)
     pixels: dict[str, np.ndarray]  # object -> (N, T+1, 2)
     camera_matrix: np.ndarray  # (3, 4)
@@ -162,6 +162,9 @@ def load_dataset(root: Path | str, verify: bool = True, episodes: Optional[int] 
         loaded.append(load_episode(path))
     if not loaded:
         raise DatasetError(f"the dataset at {root} has no episodes")
+    if manifest.get("settings", {}).get("format", FORMAT_VERSION) != FORMAT_VERSION:
+        raise DatasetError(f"the dataset at {root} is in format {manifest['settings']['format']}, this version reads "
+                           f"format {FORMAT_VERSION}: collect it again (a fresh data.dir, or delete the folder)")
     objects = manifest["objects"]
     try:
         return Dataset(
@@ -169,7 +172,7 @@ def load_dataset(root: Path | str, verify: bool = True, episodes: Optional[int] 
             manifest=manifest,
             frames=np.stack([e["frames"] for e in loaded]),
             actions=np.stack([e["actions"] for e in loaded]),
-            proprio=np.stack([e["proprio"] for e in loaded]),
+            joint_state=np.stack([e["joint_state"] for e in loaded]),
             positions={o: np.stack([e[f"pos_{o}"] for e in loaded]) for o in objects},
             pixels={o: np.stack([e[f"px_{o}"] for e in loaded]) for o in objects},
             camera_matrix=loaded[0]["camera_matrix"],

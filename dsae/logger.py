@@ -16,10 +16,7 @@ import imageio.v3 as iio
 import numpy as np
 
 from dsae.config import LoggerConfig
-from dsae.errors import ConfigError
 
-BACKENDS = ("wandb", "none")
-MODES = ("offline", "online", "disabled")
 
 
 def drop_rows_after(path: Path, step: int) -> None:
@@ -46,10 +43,6 @@ class Logger:
     def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict[str, Any],
                  name: Optional[str] = None, resume_id: Optional[str] = None, write_files: bool = True,
                  resume_step: Optional[int] = None):
-        if cfg.backend not in BACKENDS:
-            raise ConfigError(f"logger.backend must be one of {BACKENDS}, got {cfg.backend!r}")
-        if cfg.mode not in MODES:
-            raise ConfigError(f"logger.mode must be one of {MODES}, got {cfg.mode!r}")
         self.run_dir = Path(run_dir)
         self.media = self.run_dir / "media"
         self._scalars = None  # write_files=False (e.g. the non-leading processes of a DDP run): nothing

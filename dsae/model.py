@@ -8,43 +8,15 @@ g_slow = ||(f_{t+1} - f_t) - (f_t - f_{t-1})||^2 on triples of consecutive frame
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsae.config import ModelConfig
 from dsae.errors import ConfigError
 from dsae.spatial_softmax import SpatialSoftmax
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
-
-
-@dataclass
-class ModelConfig:
-    """Architecture and loss settings; the defaults are ``configs/model/default.yaml``
-    (the paper's values are ``configs/model/finn2016.yaml``)."""
-
-    channels: list[int] = field(default_factory=lambda: [64, 32, 16])
-    kernels: list[int] = field(default_factory=lambda: [7, 5, 5])
-    strides: list[int] = field(default_factory=lambda: [2, 1, 1])
-    padding: str = "valid"  # "valid" (paper) or "same"
-    norm: str = "batch"  # "none" (paper), "batch" or "group"
-    num_keypoints: int = 16  # K
-    project: Optional[bool] = None  # a 1x1 conv from channels[-1] to K; None: only when they differ
-    temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
-    learn_temperature: bool = True
-    recon_size: int = 32  # side of the grayscale reconstruction target
-    decoder: str = "gaussian"  # "gaussian" (keypoints drawn as maps, then convs) or "fc" (the paper's)
-    decoder_hidden: list[int] = field(default_factory=lambda: [512])  # fc: [] = the paper's single linear layer
-    decoder_channels: int = 32  # gaussian: width of its conv layers
-    decoder_sigma: float = 0.1  # gaussian: blob std in normalised units ([-1, 1] spans the image)
-    decoder_kernel: int = 3  # gaussian: conv kernel size; 1 lets a keypoint draw only around itself
-    slow_weight: float = 0.01  # weight of g_slow in the loss (paper: 1.0)
-    foreground_weight: float = 0.0  # pixels weigh 1 + this * |target - the scene's median image|
-    separation_weight: float = 0.0  # weight of a penalty on keypoints closer than separation_sigma
-    separation_sigma: float = 0.1  # normalised units
 
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:
@@ -67,31 +39,20 @@ def gray_target(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "none":
-        return nn.Identity()
+    """The normalisation ``model.norm`` names (checked by ModelConfig)."""
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
-    raise ConfigError(f"model.norm must be 'none', 'batch' or 'group', got {kind!r}")
+    return nn.Identity()
 
 
-class Encoder(nn.Module):
+class SpatialEncoder(nn.Module):
     """Conv stack ending in spatial soft-argmax: float (B, 3, H, W) -> keypoints (B, K, 2)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if not (len(cfg.channels) == len(cfg.kernels) == len(cfg.strides)) or not cfg.channels:
-            raise ConfigError("model.channels, model.kernels and model.strides must be non-empty and of equal length")
-        if cfg.padding not in ("valid", "same"):
-            raise ConfigError(f"model.padding must be 'valid' or 'same', got {cfg.padding!r}")
         project = cfg.channels[-1] != cfg.num_keypoints if cfg.project is None else cfg.project
-        if not project and cfg.channels[-1] != cfg.num_keypoints:
-            raise ConfigError(
-                f"model.num_keypoints={cfg.num_keypoints} differs from the last conv's "
-                f"{cfg.channels[-1]} channels: set model.project=true for a 1x1 projection, "
-                "or make model.channels end in num_keypoints"
-            )
         layers: list[nn.Module] = []
         in_ch = 3
         for out_ch, k, s in zip(cfg.channels, cfg.kernels, cfg.strides):
@@ -156,8 +117,6 @@ class GaussianDecoder(nn.Module):
         super().__init__()
         self.size, self.sigma = cfg.recon_size, cfg.decoder_sigma
         c, k = cfg.decoder_channels, cfg.decoder_kernel
-        if k < 1 or k % 2 == 0:
-            raise ConfigError(f"model.decoder_kernel must be an odd size >= 1, got {k}")
         self.net = nn.Sequential(
             nn.Conv2d(cfg.num_keypoints, c, k, padding=k // 2), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, k, padding=k // 2), nn.ReLU(inplace=True),
@@ -182,25 +141,20 @@ def separation_penalty(keypoints: torch.Tensor, sigma: float) -> torch.Tensor:
     return (torch.exp(-d2 / (2 * sigma**2)).sum((-1, -2)) - k).mean() / (k * (k - 1))
 
 
-DECODERS = {"fc": FCDecoder, "gaussian": GaussianDecoder}
-
-
-def Decoder(cfg: ModelConfig) -> nn.Module:
-    """The decoder that ``cfg.decoder`` names."""
-    if cfg.decoder not in DECODERS:
-        raise ConfigError(f"model.decoder must be one of {sorted(DECODERS)}, got {cfg.decoder!r}")
-    return DECODERS[cfg.decoder](cfg)
+def make_decoder(cfg: ModelConfig) -> nn.Module:
+    """The decoder that ``model.decoder`` names: keypoints (B, K, 2) -> image (B, h, w)."""
+    return GaussianDecoder(cfg) if cfg.decoder == "gaussian" else FCDecoder(cfg)
 
 
 class DeepSpatialAutoencoder(nn.Module):
-    """Encoder + decoder. ``forward(images) -> (keypoints (B, K, 2), reconstruction (B, h, w))``."""
+    """SpatialEncoder + decoder. ``forward(images) -> (keypoints (B, K, 2), reconstruction (B, h, w))``."""
 
     def __init__(self, cfg: ModelConfig, image_size: int):
         super().__init__()
         self.cfg = cfg
         self.image_size = image_size
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.encoder = SpatialEncoder(cfg)
+        self.decoder = make_decoder(cfg)
         size = image_size
         for k, s in zip(cfg.kernels, cfg.strides):
             size = (size - (k if cfg.padding == "valid" else 1)) // s + 1

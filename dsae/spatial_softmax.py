@@ -14,7 +14,7 @@ keeps only the softmax for backward.
 
 Equivalences, tested against the installed packages and a transliteration:
   - kornia ``spatial_soft_argmax2d(x, T)`` (0.9: divides by T; (x, y); align_corners)
-    equals ``spatial_soft_argmax(x, T)``; ``to_kornia``/``from_kornia`` are the identity.
+    equals ``spatial_soft_argmax(x, T)``: the same layout, no converter needed.
   - ``tf.contrib.layers.spatial_softmax`` returns (B, 2C) with the *row* coordinate first
     in each pair (its pos_x comes from ``meshgrid(lin_space(H), lin_space(W), 'ij')``),
     although its docstring says [x1, y1, ...]: ``to_tf_contrib``/``from_tf_contrib``.
@@ -297,16 +297,6 @@ def from_pixels(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pixel (column, row) -> normalised (x, y) in [-1, 1]; the inverse of :func:`to_pixels`."""
     scale = pixels.new_tensor([(width - 1) / 2.0, (height - 1) / 2.0])
     return pixels / scale - 1.0
-
-
-def to_kornia(keypoints: torch.Tensor) -> torch.Tensor:
-    """Ours -> kornia ``spatial_soft_argmax2d`` (normalized_coordinates=True): the same layout."""
-    return keypoints
-
-
-def from_kornia(keypoints: torch.Tensor) -> torch.Tensor:
-    """kornia ``spatial_soft_argmax2d`` -> ours: the same layout."""
-    return keypoints
 
 
 def to_tf_contrib(keypoints: torch.Tensor) -> torch.Tensor:

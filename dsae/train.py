@@ -41,13 +41,11 @@ from dsae.config import Config, LoggerConfig, TrainConfig, from_dict, to_dict
 from dsae.data import Dataset, TripleSampler, load_dataset, read_manifest
 from dsae.device import cpu_has_native_bf16, device_name, resolve_device
 from dsae.draw import grid_image, overlay_keypoints, reconstruction_panel
+from dsae import distributed
 from dsae.errors import ConfigError
 from dsae.evaluate import probe_dataset, reconstruction_mse
 from dsae.logger import Logger
 from dsae.model import DeepSpatialAutoencoder, gray_target
-
-LR_SCHEDULES = ("cosine", "constant")
-
 
 def dataset_dir(cfg: Config) -> Path:
     return Path(cfg.data.dir) if cfg.data.dir else default_dataset_dir(cfg.env, cfg.data)
@@ -73,27 +71,10 @@ def background_frames(dataset: Dataset, episodes: np.ndarray, seed: int, count: 
 
 
 def _lr_lambda(schedule: str, total: int):
-    if schedule not in LR_SCHEDULES:
-        raise ConfigError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    """``train.lr_schedule`` as a LambdaLR factor: constant, or cosine from 1 down to 0.05."""
     if schedule == "constant":
         return lambda step: 1.0
     return lambda step: 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
-
-
-AMP_MODES = ("auto", "bf16", "none")
-
-
-def _check(cfg: Config) -> None:
-    t = cfg.train
-    for key in ("steps", "batch_size", "log_every", "eval_every", "image_every", "checkpoint_every", "probe_frames"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
-    if not t.lr > 0:
-        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
-    if t.amp not in AMP_MODES:
-        raise ConfigError(f"train.amp must be one of {AMP_MODES}, got {t.amp!r}")
-    if not 0 < cfg.data.val_fraction < 1:
-        raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
 
 
 class _Loss(torch.nn.Module):
@@ -156,62 +137,169 @@ class TrainStep:
         return parts
 
 
-def _distributed_setup(device_name: str) -> tuple[int, int, Optional[torch.device]]:
-    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPU, gloo on CPU) and
-    return (rank, world size, this process's device); else (0, 1, None)."""
-    import os
+class Trainer:
+    """One DSAE run (or this process's part of a DDP run), step by step: :meth:`fit` trains to
+    ``train.steps`` with logging, held-out error, images and checkpoints; :meth:`finish` probes
+    the keypoints and writes ``metrics.json``."""
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
-    import torch.distributed as dist
+    def __init__(self, cfg: Config, run_dir: Path, state: Optional[dict[str, Any]], rank: int, world: int,
+                 device: torch.device):
+        self.started = time.perf_counter()
+        self.cfg, self.run_dir, self.world, self.device = cfg, run_dir, world, device
+        self.lead = rank == 0
+        if self.lead:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / RUN_CONFIG).write_text(json.dumps(to_dict(cfg), indent=2))
+        seed_everything(cfg.seed)
+        self.dataset = ensure_dataset(cfg) if self.lead else None
+        distributed.barrier(world)
+        if not self.lead:
+            self.dataset = load_dataset(dataset_dir(cfg), verify=False, episodes=cfg.data.episodes)
+        self.train_eps, self.val_eps = self.dataset.split(cfg.data.val_fraction)
+        self.model = DeepSpatialAutoencoder(cfg.model, self.dataset.image_size).to(device)
+        if state is None:  # a resumed run loads its background with the weights
+            frames = background_frames(self.dataset, self.train_eps, cfg.seed)
+            self.model.set_background(torch.from_numpy(frames).to(device))
+        self.step_fn = TrainStep(self.model, cfg.train, device, distributed=world > 1)
+        # train.amp=auto resolves by the hardware: the precision a run trained in is part of its result.
+        self.hardware = {"precision": self.step_fn.precision, "device": str(device), "device_name": device_name(device)}
+        # Every process draws the same global batch (same seed) and trains on its share.
+        self.sampler = TripleSampler(self.dataset.frames, self.train_eps, device, seed=cfg.seed,
+                                     on_device=cfg.train.data_on_device)
+        self.share = slice(rank * cfg.train.batch_size // world, (rank + 1) * cfg.train.batch_size // world)
+        self.step, self.elapsed, self.images_seen, self.train_time, wandb_id = 0, 0.0, 0, 0.0, None
+        if state is not None:
+            wandb_id = self._restore(state)
+        self.logger = Logger(cfg.logger if self.lead else LoggerConfig(backend="none", mode="disabled"),
+                             run_dir, to_dict(cfg), name=run_dir.name, resume_id=wandb_id, write_files=self.lead,
+                             resume_step=self.step if state is not None else None)
+        self.val_frames = self.dataset.frames[self.val_eps].reshape(-1, *self.dataset.frames.shape[2:])
+        pick = np.random.default_rng(cfg.seed).choice(len(self.val_frames), min(1024, len(self.val_frames)), replace=False)
+        self.val_subset = self.val_frames[np.sort(pick)]
+        shown = np.linspace(0, len(self.val_frames) - 1, 8).astype(int)
+        self.shown = torch.from_numpy(self.val_frames[shown]).to(device)
 
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
+    def _restore(self, state: dict[str, Any]) -> Optional[str]:
+        if self.lead and state.get("precision", self.step_fn.precision) != self.step_fn.precision:
+            print(f"[dsae] note: the run trained in {state['precision']} on {state.get('device_name')}, it goes on "
+                  f"in {self.step_fn.precision} on {self.hardware['device_name']} (train.amp={self.cfg.train.amp})")
+        self.model.load_state_dict(state["model"])
+        self.step_fn.optimizer.load_state_dict(state["optimizer"])
+        self.step_fn.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.sampler.generator.set_state(state["rng"]["sampler"])
+        self.step, self.elapsed = state["step"], state["elapsed_s"]
+        self.images_seen, self.train_time = state["images_seen"], state["train_time_s"]
+        return state.get("wandb_id")
+
+    def wall(self) -> float:
+        return self.elapsed + time.perf_counter() - self.started
+
+    def checkpoint(self) -> None:
+        """The checkpoint (rank 0 only): weights, optimiser, schedule, RNGs, progress and provenance."""
+        if not self.lead:
+            return
+        opt, dataset = self.step_fn, self.dataset
+        save_checkpoint(self.run_dir / CHECKPOINT, {
+            "model": self.model.state_dict(), "optimizer": opt.optimizer.state_dict(),
+            "scheduler": opt.scheduler.state_dict(), "step": self.step, "config": to_dict(self.cfg),
+            "rng": {**rng_state(), "sampler": self.sampler.generator.get_state()},
+            "elapsed_s": self.wall(), "images_seen": self.images_seen, "train_time_s": self.train_time,
+            "wandb_id": self.logger.run_id, "image_size": dataset.image_size,
+            "dataset": str(dataset.root.resolve()), "objects": dataset.objects, **self.hardware,
+        })
+
+    def log_images(self) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            kp, recon = self.model(self.shown)
+        self.logger.image("keypoints", grid_image(overlay_keypoints(self.shown.cpu(), kp), nrow=8), self.step)
+        target = gray_target(self.shown, self.cfg.model.recon_size)
+        self.logger.image("reconstruction", reconstruction_panel(target, recon, 96), self.step)
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        t0 = time.perf_counter()
+        parts = self.step_fn(self.sampler.sample(self.cfg.train.batch_size)[self.share])
+        if not torch.isfinite(parts["loss"]):
+            raise FloatingPointError(f"loss became {float(parts['loss'])} at step {self.step + 1}; lower train.lr")
+        self.step += 1
+        self.images_seen += self.cfg.train.batch_size * 3
+        self.train_time += time.perf_counter() - t0
+        return parts
+
+    def log_scalars(self, totals: dict[str, float], count: int) -> dict[str, float]:
+        totals = distributed.mean_over_processes(totals, self.world, self.device)
+        scalars = {f"train/{k}": v / count for k, v in totals.items()}
+        scalars["train/images_per_s"] = self.images_seen / max(self.train_time, 1e-9)
+        scalars["train/lr"] = self.step_fn.scheduler.get_last_lr()[0]
+        scalars["train/temperature"] = self.model.encoder.softmax.temperature.item()
+        self.logger.log(scalars, self.step)
+        return scalars
+
+    def _due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step == self.cfg.train.steps
+
+    def fit(self, progress: bool) -> None:
+        from tqdm import tqdm
+
+        t = self.cfg.train
+        totals, count = {"loss": 0.0, "recon_mse": 0.0, "slow": 0.0}, 0
+        with tqdm(total=t.steps, initial=self.step, desc="train", unit="step", disable=not (progress and self.lead),
+                  dynamic_ncols=True) as bar:
+            while self.step < t.steps:
+                parts = self.train_step()
+                totals, count = {k: v + float(parts[k]) for k, v in totals.items()}, count + 1
+                bar.update(1)
+                if self._due(t.log_every):
+                    scalars = self.log_scalars(totals, count)
+                    bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", img_s=f"{scalars['train/images_per_s']:.0f}")
+                    totals, count = dict.fromkeys(totals, 0.0), 0
+                if self.lead and self._due(t.eval_every):
+                    self.logger.log({"val/recon_mse": reconstruction_mse(self.model, self.val_subset, self.device)},
+                                    self.step)
+                if self.lead and self._due(t.image_every):
+                    self.log_images()
+                if self._due(t.checkpoint_every):
+                    self.checkpoint()
+        if not (self.run_dir / CHECKPOINT).exists():  # steps was already reached by the checkpoint resumed from
+            self.checkpoint()
+
+    def finish(self) -> dict[str, Any]:
+        """Rank 0: probe on held-out episodes and write ``metrics.json``; other ranks: {}."""
+        if not self.lead:
+            self.logger.close()
+            distributed.barrier(self.world)
+            return {}
+        print("[dsae] evaluating: linear probe on held-out episodes")
+        cfg, dataset = self.cfg, self.dataset
+        metrics = {
+            **probe_dataset(self.model.encoder, dataset, self.train_eps, self.val_eps, self.device,
+                            cfg.train.probe_frames, cfg.seed),
+            "recon_mse": reconstruction_mse(self.model, self.val_frames, self.device),
+            "steps": self.step, "train_images_per_s": self.images_seen / max(self.train_time, 1e-9),
+            "wall_s": self.wall(), "checkpoint": str(self.run_dir / CHECKPOINT), "dataset": str(dataset.root),
+            "env": cfg.env.name, "image_size": dataset.image_size, "num_keypoints": cfg.model.num_keypoints,
+            **self.hardware, "held_out_episodes": int(len(self.val_eps)), "processes": self.world,
+        }
+        self.logger.summary({k: v for k, v in metrics.items() if not isinstance(v, dict)})
+        self.logger.log({f"probe/r2_{o}": v for o, v in metrics["probe_r2"].items() if v is not None}, self.step)
+        self.logger.close()
+        (self.run_dir / METRICS).write_text(json.dumps(metrics, indent=2))
+        distributed.barrier(self.world)
+        return metrics
 
 
-def _broadcast(value: Any, world: int) -> Any:
-    """Rank 0's value on every rank."""
-    if world <= 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _mean_over_processes(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
-    """Each process's loss is over its share of the batch: the global figure is their mean."""
-    if world <= 1:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)  # NCCL: on the GPU
-    dist.all_reduce(t)
-    return dict(zip(values, (t / world).tolist()))
-
-
-def _drop_stray_run_dir(own: Path, used: Path) -> None:
-    """Under torchrun every process's Hydra makes a run folder; ranks > 0 use rank 0's and
-    remove their own when it holds nothing but Hydra's files."""
-    import shutil
-
-    if own.resolve() != used.resolve() and own.is_dir() and {p.name for p in own.iterdir()} <= {".hydra", "train.log"}:
-        shutil.rmtree(own, ignore_errors=True)
+def _resume_state(cfg: Config, run_dir: Path, overrides: Optional[Sequence[str]], rank: int, world: int
+                  ) -> tuple[Config, Path, Optional[dict[str, Any]]]:
+    """(settings, run folder, checkpoint) of a resumed run, or ``(cfg, run_dir, None)`` for a fresh
+    one; rank 0 looks the checkpoint up and tells the others."""
+    given = to_dict(cfg)
+    resume_from = find_resume_checkpoint(cfg.train.resume, run_dir, given) if rank == 0 else None
+    resume_from = distributed.broadcast(resume_from, world)
+    if resume_from is None:
+        return cfg, run_dir, None
+    state = load_checkpoint(resume_from)
+    return from_dict(resumed_config(state["config"], given, overrides)), resume_from.parent.parent, state
 
 
 def run_training(cfg: Config, run_dir: Path | str, progress: bool = True,
@@ -225,154 +313,16 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True,
     draws the same global batch of ``train.batch_size`` triples and trains on its 1/N share, so
     the gradient is the single-process one; rank 0 alone logs, checkpoints and evaluates.
     """
-    from tqdm import tqdm
-
-    started = time.perf_counter()
-    rank, world, dist_device = _distributed_setup(cfg.device)
-    lead = rank == 0
+    rank, world, dist_device = distributed.setup(cfg.device)
     own_dir = Path(run_dir)
-    run_dir = Path(_broadcast(str(own_dir), world))
-    if not lead:
-        _drop_stray_run_dir(own_dir, run_dir)
-    given = to_dict(cfg)
-    resume_from = find_resume_checkpoint(cfg.train.resume, run_dir, given) if lead else None
-    resume_from = _broadcast(resume_from, world)
-    state = None
-    if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        cfg = from_dict(resumed_config(state["config"], given, overrides))
-        run_dir = resume_from.parent.parent
-        if lead:
-            print(f"[dsae] resuming {run_dir} from step {state['step']} of {cfg.train.steps}")
-    _check(cfg)
+    run_dir = Path(distributed.broadcast(str(own_dir), world))
+    if rank > 0:
+        distributed.drop_stray_run_dir(own_dir, run_dir)
+    cfg, run_dir, state = _resume_state(cfg, run_dir, overrides, rank, world)
+    if state is not None and rank == 0:
+        print(f"[dsae] resuming {run_dir} from step {state['step']} of {cfg.train.steps}")
     if cfg.train.batch_size % world:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by the {world} processes")
-    device = dist_device or resolve_device(cfg.device)
-    if lead:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RUN_CONFIG).write_text(json.dumps(to_dict(cfg), indent=2))
-
-    seed_everything(cfg.seed)
-    dataset = ensure_dataset(cfg) if lead else None
-    _barrier(world)
-    if not lead:
-        dataset = load_dataset(dataset_dir(cfg), verify=False, episodes=cfg.data.episodes)
-    train_eps, val_eps = dataset.split(cfg.data.val_fraction)
-    model = DeepSpatialAutoencoder(cfg.model, dataset.image_size).to(device)
-    if state is None:  # a resumed run loads its background with the weights
-        model.set_background(torch.from_numpy(background_frames(dataset, train_eps, cfg.seed)).to(device))
-    trainer = TrainStep(model, cfg.train, device, distributed=world > 1)
-    # train.amp=auto resolves by the hardware: the precision a run trained in is part of its result.
-    hardware = {"precision": trainer.precision, "device": str(device), "device_name": device_name(device)}
-    if lead and state is not None and state.get("precision", trainer.precision) != trainer.precision:
-        print(f"[dsae] note: the run trained in {state['precision']} on {state.get('device_name')}, it goes on in "
-              f"{trainer.precision} on {hardware['device_name']} (train.amp={cfg.train.amp})")
-    optimizer, scheduler = trainer.optimizer, trainer.scheduler
-    # Every process draws the same global batch (same seed) and trains on its share.
-    sampler = TripleSampler(dataset.frames, train_eps, device, seed=cfg.seed, on_device=cfg.train.data_on_device)
-    share = slice(rank * cfg.train.batch_size // world, (rank + 1) * cfg.train.batch_size // world)
-    step, elapsed, images_seen, train_time, wandb_id = 0, 0.0, 0, 0.0, None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        sampler.generator.set_state(state["rng"]["sampler"])
-        step, elapsed = state["step"], state["elapsed_s"]
-        images_seen, train_time = state["images_seen"], state["train_time_s"]
-        wandb_id = state.get("wandb_id")
-
-    logger = Logger(cfg.logger if lead else LoggerConfig(backend="none", mode="disabled"),
-                    run_dir, to_dict(cfg), name=run_dir.name, resume_id=wandb_id, write_files=lead,
-                    resume_step=step if state is not None else None)
-    val_frames = dataset.frames[val_eps].reshape(-1, *dataset.frames.shape[2:])
-    rng = np.random.default_rng(cfg.seed)
-    val_subset = val_frames[np.sort(rng.choice(len(val_frames), min(1024, len(val_frames)), replace=False))]
-    show = torch.from_numpy(val_frames[np.linspace(0, len(val_frames) - 1, 8).astype(int)]).to(device)
-
-    def checkpoint() -> Optional[Path]:
-        if not lead:
-            return None
-        return save_checkpoint(run_dir / CHECKPOINT, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "step": step, "config": to_dict(cfg),
-            "rng": {**rng_state(), "sampler": sampler.generator.get_state()},
-            "elapsed_s": elapsed + time.perf_counter() - started, "images_seen": images_seen,
-            "train_time_s": train_time, "wandb_id": logger.run_id,
-            "image_size": dataset.image_size, "dataset": str(dataset.root.resolve()), "objects": dataset.objects,
-            **hardware,
-        })
-
-    def log_images() -> None:
-        model.eval()
-        with torch.no_grad():
-            kp, recon = model(show)
-        logger.image("keypoints", grid_image(overlay_keypoints(show.cpu(), kp), nrow=8), step)
-        logger.image("reconstruction", reconstruction_panel(gray_target(show, cfg.model.recon_size), recon, 96), step)
-
-    totals = {"loss": 0.0, "recon_mse": 0.0, "slow": 0.0}
-    count = 0
-    bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not (progress and lead),
-               dynamic_ncols=True)
-    try:
-        while step < cfg.train.steps:
-            t0 = time.perf_counter()
-            batch = sampler.sample(cfg.train.batch_size)[share]
-            parts = trainer(batch)
-            if not torch.isfinite(parts["loss"]):
-                raise FloatingPointError(f"loss became {float(parts['loss'])} at step {step + 1}; lower train.lr")
-            step += 1
-            images_seen += cfg.train.batch_size * 3
-            for k in totals:
-                totals[k] += float(parts[k])
-            count += 1
-            train_time += time.perf_counter() - t0
-            bar.update(1)
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                totals = _mean_over_processes(totals, world, device)
-                scalars = {f"train/{k}": v / count for k, v in totals.items()}
-                scalars["train/images_per_s"] = images_seen / max(train_time, 1e-9)
-                scalars["train/lr"] = scheduler.get_last_lr()[0]
-                scalars["train/temperature"] = model.encoder.softmax.temperature.item()
-                logger.log(scalars, step)
-                bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", img_s=f"{scalars['train/images_per_s']:.0f}")
-                totals = dict.fromkeys(totals, 0.0)
-                count = 0
-            if lead and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):
-                logger.log({"val/recon_mse": reconstruction_mse(model, val_subset, device)}, step)
-            if lead and (step % cfg.train.image_every == 0 or step == cfg.train.steps):
-                log_images()
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-                checkpoint()
-    finally:
-        bar.close()
-
-    ckpt_path = run_dir / CHECKPOINT
-    if lead and not ckpt_path.exists():  # steps was already reached by the checkpoint we resumed from
-        checkpoint()
-    if not lead:
-        logger.close()
-        _barrier(world)
-        return {}
-    print("[dsae] evaluating: linear probe on held-out episodes")
-    metrics = {
-        **probe_dataset(model.encoder, dataset, train_eps, val_eps, device, cfg.train.probe_frames, cfg.seed),
-        "recon_mse": reconstruction_mse(model, val_frames, device),
-        "steps": step,
-        "train_images_per_s": images_seen / max(train_time, 1e-9),
-        "wall_s": elapsed + time.perf_counter() - started,
-        "checkpoint": str(ckpt_path),
-        "dataset": str(dataset.root),
-        "env": cfg.env.name,
-        "image_size": dataset.image_size,
-        "num_keypoints": cfg.model.num_keypoints,
-        **hardware,
-        "held_out_episodes": int(len(val_eps)),
-        "processes": world,
-    }
-    logger.summary({k: v for k, v in metrics.items() if not isinstance(v, dict)})
-    logger.log({f"probe/r2_{o}": v for o, v in metrics["probe_r2"].items() if v is not None}, step)
-    logger.close()
-    (run_dir / METRICS).write_text(json.dumps(metrics, indent=2))
-    _barrier(world)
-    return metrics
+    trainer = Trainer(cfg, run_dir, state, rank, world, dist_device or resolve_device(cfg.device))
+    trainer.fit(progress)
+    return trainer.finish()

@@ -152,23 +152,13 @@ def require_source(checkpoint: Optional[str], policy: Optional[str]) -> None:
                               "or policy=PATH (a scripts/train_rl.py run)")
 
 
-def visualize(checkpoint: Optional[str], out_dir: Path | str, cfg: VisConfig, episodes: int = 3,
-              device: Optional[str] = "auto", env_name: Optional[str] = None, logger=None,
-              progress: bool = True, policy: Optional[str] = None) -> dict:
-    """Write videos, contact sheets, a temperature panel and tracking.json into ``out_dir``.
-
-    With ``policy`` (a scripts/train_rl.py run), the trained agent acts instead of random actions,
-    and ``checkpoint`` defaults to the encoder that agent sees (obs=keypoints).
-    """
-    from tqdm import tqdm
-
+def _load_sources(checkpoint: Optional[str], policy: Optional[str], device: Optional[str],
+                  env_name: Optional[str]):
+    """(model, its checkpoint state, its training config, the agent or None), checked to fit together.
+    Without ``checkpoint``, a keypoint policy's own encoder is filmed."""
     from dsae.api import load_model
     from dsae.config import from_dict
-    from dsae.device import resolve_device
-    from envs import make_env
 
-    if episodes < 1:
-        raise ConfigError(f"episodes must be >= 1, got {episodes}")
     require_source(checkpoint, policy)
     agent = None
     if policy is not None:
@@ -178,39 +168,64 @@ def visualize(checkpoint: Optional[str], out_dir: Path | str, cfg: VisConfig, ep
         checkpoint = checkpoint or agent.encoder_path
         if not checkpoint:
             raise ConfigError(f"the policy was trained on obs={agent.cfg.obs}, without a DSAE: pass checkpoint=PATH "
-                             "(a scripts/train.py run) to draw its keypoints")
+                              "(a scripts/train.py run) to draw its keypoints")
     model, state = load_model(checkpoint, device)
-    dev = resolve_device(device)
     train_cfg = from_dict(state["config"])
     if env_name is not None and env_name != train_cfg.env.name:
         raise ConfigError(f"the checkpoint was trained on env={train_cfg.env.name}, not env={env_name}; "
-                         f"drop the env override or pass a {env_name} checkpoint")
+                          f"drop the env override or pass a {env_name} checkpoint")
     if agent is not None and agent.env_config.name != train_cfg.env.name:
         raise ConfigError(f"the policy acts in env={agent.env_config.name} but the checkpoint was trained on "
-                         f"env={train_cfg.env.name}")
+                          f"env={train_cfg.env.name}")
+    return model, state, train_cfg, agent
+
+
+def film_episode(ep: dict, tracks: dict, cfg: VisConfig, out_dir: Path, index: int, progress: bool = True
+                 ) -> tuple[Path, Path, np.ndarray, int]:
+    """An episode's MP4 and contact sheet: (video path, sheet path, the sheet, frames)."""
+    from tqdm import tqdm
+
+    objects = list(ep["pixels"])
+    video = []
+    for t in tqdm(range(len(ep["frames"])), desc=f"render episode {index}", unit="frame", disable=not progress):
+        truth = [ep["pixels"][o][t] for o in objects]
+        video.append(compose_frame(ep["frames"][t], tracks, t, truth, cfg))
+    path = write_mp4(out_dir / f"episode_{index}.mp4", video, cfg.fps)
+    picks = np.linspace(0, len(video) - 1, min(cfg.sheet_frames, len(video))).round().astype(int)
+    sheet = np.concatenate([np.concatenate([video[i], np.full((video[i].shape[0], 4, 3), 255, np.uint8)], 1)
+                            for i in picks], axis=0)
+    sheet_path = out_dir / f"episode_{index}_sheet.png"
+    imageio.imwrite(sheet_path, sheet)
+    return path, sheet_path, sheet, len(video)
+
+
+def visualize(checkpoint: Optional[str], out_dir: Path | str, cfg: VisConfig, episodes: int = 3,
+              device: Optional[str] = "auto", env_name: Optional[str] = None, logger=None,
+              progress: bool = True, policy: Optional[str] = None) -> dict:
+    """Write videos, contact sheets, a temperature panel and tracking.json into ``out_dir``.
+
+    With ``policy`` (a scripts/train_rl.py run), the trained agent acts instead of random actions,
+    and ``checkpoint`` defaults to the encoder that agent sees (obs=keypoints).
+    """
+    from dsae.device import resolve_device
+    from envs import make_env
+
+    if episodes < 1:
+        raise ConfigError(f"episodes must be >= 1, got {episodes}")
+    model, state, train_cfg, agent = _load_sources(checkpoint, policy, device, env_name)
+    dev = resolve_device(device)
     env = make_env(train_cfg.env) if agent is None else agent.make_env()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"checkpoint": state["path"], "env": train_cfg.env.name, "policy": policy, "episodes": []}
-    size = state["image_size"]
     all_tracks, all_pixels = [], []
     for e in range(episodes):
         ep = rollout(env, cfg.seed + e, None if agent is None else agent.act)
         tracks = track_episode(model, ep["frames"], cfg, dev)
-        objects = list(ep["pixels"])
-        video = []
-        for t in tqdm(range(len(ep["frames"])), desc=f"render episode {e}", unit="frame", disable=not progress):
-            truth = [ep["pixels"][o][t] for o in objects]
-            video.append(compose_frame(ep["frames"][t], tracks, t, truth, cfg))
-        path = write_mp4(out_dir / f"episode_{e}.mp4", video, cfg.fps)
-        picks = np.linspace(0, len(video) - 1, min(cfg.sheet_frames, len(video))).round().astype(int)
-        sheet = np.concatenate([np.concatenate([video[i], np.full((video[i].shape[0], 4, 3), 255, np.uint8)], 1)
-                                for i in picks], axis=0)
-        sheet_path = out_dir / f"episode_{e}_sheet.png"
-        imageio.imwrite(sheet_path, sheet)
+        path, sheet_path, sheet, frames = film_episode(ep, tracks, cfg, out_dir, e, progress)
         all_tracks.append(tracks)
         all_pixels.append(ep["pixels"])
-        summary["episodes"].append({"video": str(path), "sheet": str(sheet_path), "frames": len(video),
+        summary["episodes"].append({"video": str(path), "sheet": str(sheet_path), "frames": frames,
                                     "return": ep["return"]})
         if logger is not None:
             logger.video(f"episode_{e}", path, step=e)
@@ -221,7 +236,7 @@ def visualize(checkpoint: Optional[str], out_dir: Path | str, cfg: VisConfig, ep
     summary["temperatures"] = list(cfg.temperatures)
     summary["objects"] = nearest_keypoint_errors(
         np.concatenate([t["keypoints"] for t in all_tracks]), np.concatenate([t["filtered"] for t in all_tracks]),
-        {o: np.concatenate([p[o] for p in all_pixels]) for o in all_pixels[0]}, size)
+        {o: np.concatenate([p[o] for p in all_pixels]) for o in all_pixels[0]}, state["image_size"])
     (out_dir / "tracking.json").write_text(json.dumps(summary, indent=2))
     env.close()
     return summary

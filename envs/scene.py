@@ -11,7 +11,7 @@ from a fixed free camera; every ``info`` (reset and step) holds:
   - ``positions``: {object name: world position (3,)} of the bodies in ``objects``;
   - ``pixels``: {object name: (u, v) pixel position (2,)} of the same, through the camera;
   - ``camera_matrix``: (3, 4) world->pixel matrix (see :mod:`envs.camera`);
-  - ``proprio``: the robot's joint positions then joint velocities (2J,).
+  - ``joint_state``: the robot's joint positions then joint velocities (2J,).
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ class EnvConfig:
     object_radius: Optional[float] = None  # draw marker_geoms this big (m); null: as the model has them
     geom_rgba: dict[str, list[float]] = field(default_factory=dict)  # recolour geoms by name (visual only)
     randomize_arm: bool = False  # start each episode from a uniform draw over the robot's joint ranges
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 class SceneError(ValueError):
@@ -266,11 +269,11 @@ class SceneEnv(gym.Env):
     def object_names(self) -> list[str]:
         return list(self.config.objects)
 
-    def proprio(self) -> np.ndarray:
+    def joint_state(self) -> np.ndarray:
         """The robot's joint positions then velocities, float64 (2J,) (datasets store this)."""
         return np.concatenate([self.data.qpos[self._qpos], self.data.qvel[self._qvel]])
 
-    def proprio_features(self) -> np.ndarray:
+    def joint_features(self) -> np.ndarray:
         """What a policy knows of the robot: cos and sin of its joint positions, then its joint
         velocities, float32 (3J,); nothing about the task (no object or target state)."""
         q, dq = self.data.qpos[self._qpos], self.data.qvel[self._qvel]
@@ -280,7 +283,7 @@ class SceneEnv(gym.Env):
         positions = {o: self.data.xpos[b].copy() for o, b in self._bodies.items()}
         return {**info, "positions": positions,
                 "pixels": {o: project_points(self.camera_matrix, p) for o, p in positions.items()},
-                "camera_matrix": self.camera_matrix.copy(), "proprio": self.proprio()}
+                "camera_matrix": self.camera_matrix.copy(), "joint_state": self.joint_state()}
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
         super().reset(seed=seed)

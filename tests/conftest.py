@@ -16,7 +16,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dsae.config import Config, DataConfig, LoggerConfig, TrainConfig  # noqa: E402
-from dsae.model import ModelConfig  # noqa: E402
+from dsae.config import ModelConfig  # noqa: E402
 from envs import load_scene  # noqa: E402
 
 

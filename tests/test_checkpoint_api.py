@@ -10,9 +10,9 @@ from tests.conftest import tiny_config
 
 
 def test_public_api_names():
-    for name in ("DeepSpatialAutoencoder", "SpatialSoftmax", "load_encoder", "spatial_soft_argmax", "numpy_ref",
+    for name in ("DeepSpatialAutoencoder", "SpatialSoftmax", "load_encoder", "spatial_soft_argmax",
                  "KeypointObservation", "KeypointObservationVector", "PixelObservation",
-                 "to_tf_contrib", "from_tf_contrib", "to_kornia", "from_kornia"):
+                 "to_tf_contrib", "from_tf_contrib"):
         assert hasattr(dsae, name)
 
 

@@ -36,3 +36,118 @@ def test_wrong_type_is_named():
     with pytest.raises((ConfigCompositionException, ValidationError)) as err:
         to_config(_compose(["model.num_keypoints=many"]))
     assert "num_keypoints" in str(err.value) + str(err.value.__cause__)
+
+
+# --- Each default lives in one place: the schemas; the YAML files state only what differs. ---
+
+from dataclasses import fields, replace  # noqa: E402
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from dsae.config import (  # noqa: E402
+    DataConfig,
+    LoggerConfig,
+    ModelConfig,
+    TrainConfig,
+    VisConfig,
+    describe,
+    field_comments,
+    schema_node,
+)
+from dsae.errors import ConfigError  # noqa: E402
+from dsae.rl.config import RLRunConfig, SACConfig  # noqa: E402
+from envs import EnvConfig, load_scene  # noqa: E402
+
+GROUP_SCHEMAS = {"model": ModelConfig, "train": TrainConfig, "rl": SACConfig, "logger": LoggerConfig, "env": EnvConfig}
+TOP_SCHEMAS = {"config.yaml": Config, "train_rl.yaml": RLRunConfig}
+
+
+def _leaves(node, prefix=""):
+    """Dotted key -> value of every leaf a YAML file states (lists and dicts as leaves)."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value and key not in ("objects", "geom_rgba"):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _select(node, dotted):
+    return OmegaConf.select(node, dotted, throw_on_missing=False)
+
+
+def _restated(stated: dict, baseline) -> list[str]:
+    return [f"{k}: {v!r}" for k, v in stated.items() if _select(baseline, k) == v]
+
+
+@pytest.mark.parametrize("path", sorted(Path(CONFIGS).glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_group_files_state_only_what_differs_from_the_schema(path):
+    if path.parent.name not in GROUP_SCHEMAS:
+        pytest.skip(f"{path.parent.name}/ is not a group of the schema")  # hydra/launcher: Hydra's plugin's own
+    raw = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    if path.name == "finn2016.yaml":  # @package _global_: keys under env. and model.
+        baseline = schema_node(Config)
+    else:
+        baseline = OmegaConf.structured(GROUP_SCHEMAS[path.parent.name])
+    assert not _restated(_leaves(raw), baseline), f"{path} restates schema defaults (a second copy to drift)"
+
+
+@pytest.mark.parametrize("name", sorted(TOP_SCHEMAS))
+def test_top_level_files_state_only_what_differs_from_their_groups(name):
+    raw = OmegaConf.to_container(OmegaConf.load(Path(CONFIGS) / name))
+    baseline = schema_node(TOP_SCHEMAS[name])
+    for entry in raw["defaults"]:
+        if isinstance(entry, dict):
+            (group, option), = entry.items()
+            baseline = OmegaConf.merge(baseline, {group: OmegaConf.load(Path(CONFIGS) / group / f"{option}.yaml") or {}})
+    stated = _leaves({k: v for k, v in raw.items() if k not in ("defaults", "hydra")})
+    assert not _restated(stated, baseline), f"{name} restates defaults of its schema or groups"
+
+
+@pytest.mark.parametrize("schema", [Config, ModelConfig, TrainConfig, DataConfig, LoggerConfig, VisConfig,
+                                    EnvConfig, RLRunConfig, SACConfig])
+def test_every_setting_has_its_meaning_written_once_beside_it(schema):
+    nested = {f.name for f in fields(schema) if f.name in ("env", "model", "train", "data", "logger", "vis", "rl")}
+    missing = [f.name for f in fields(schema) if f.name not in nested and f.name not in field_comments(schema)]
+    assert not missing, f"{schema.__name__} fields without a comment: {missing}"
+
+
+def test_help_lists_every_setting_with_its_default_and_meaning():
+    text = describe(Config)
+    assert "  model.num_keypoints = 16  # K" in text
+    assert "  train.amp = 'auto'  # auto: bf16 autocast" in text
+    assert "  env.name = 'reacher'" in text and "  vis.seed = 1000" in text
+
+
+def test_python_defaults_are_the_hydra_defaults():
+    """Config() in Python and `python scripts/train.py` with no overrides hold the same settings."""
+    assert to_config(_compose([])) == Config()
+
+
+@pytest.mark.parametrize("build, key, overrides", [
+    (lambda: TrainConfig(steps=-1), "train.steps", ["train.steps=-1"]),
+    (lambda: TrainConfig(amp="fp8"), "train.amp", ["train.amp=fp8"]),
+    (lambda: ModelConfig(decoder="mlp"), "model.decoder", ["model.decoder=mlp"]),
+    (lambda: ModelConfig(channels=[8], kernels=[3, 3], strides=[1]), "model.channels", None),
+    (lambda: DataConfig(val_fraction=1.5), "data.val_fraction", ["data.val_fraction=1.5"]),
+    (lambda: LoggerConfig(mode="loud"), "logger.mode", ["logger.mode=loud"]),
+    (lambda: SACConfig(init_steps=30000), "rl.init_steps", None),
+    (lambda: RLRunConfig(obs="keypoints"), "obs=keypoints needs a trained DSAE", None),
+    (lambda: replace(Config(), episodes=0), "episodes", ["episodes=0"]),
+])
+def test_a_config_built_in_python_is_checked_like_one_from_hydra(build, key, overrides):
+    with pytest.raises(ConfigError, match=key):
+        build()
+    if overrides:
+        with pytest.raises(ConfigError, match=key):
+            to_config(_compose(overrides))
+
+
+def test_a_scene_is_checked_when_built():
+    from envs import SceneError
+
+    with pytest.raises(SceneError, match="env.object_radius"):
+        load_scene("reacher", object_radius=-1.0)
+    with pytest.raises(SceneError, match="env.name is empty"):
+        EnvConfig()

@@ -16,7 +16,7 @@ def test_load_tiny_dataset(tiny_dataset):
     t = cfg.env.max_episode_steps
     assert ds.frames.shape == (8, t + 1, 32, 32, 3) and ds.frames.dtype == np.uint8
     assert ds.actions.shape == (8, t, 2)
-    assert ds.proprio.shape == (8, t + 1, 4)
+    assert ds.joint_state.shape == (8, t + 1, 4)
     assert ds.objects == ["fingertip", "target"]
     assert ds.pixels["target"].shape == (8, t + 1, 2)
     train, val = ds.split(0.25)

@@ -18,10 +18,10 @@ def test_reacher_frames_and_info():
     assert frame.shape == (48, 48, 3) and frame.dtype == np.uint8
     assert set(info["positions"]) == {"fingertip", "target"}
     assert info["camera_matrix"].shape == (3, 4)
-    assert info["proprio"].shape == (4,)
+    assert info["joint_state"].shape == (4,)
     _, _, _, _, info2 = env.step(env.action_space.sample())
     assert set(info2["pixels"]) == {"fingertip", "target"}
-    assert not np.allclose(info2["proprio"], info["proprio"])
+    assert not np.allclose(info2["joint_state"], info["joint_state"])
     env.close()
 
 
@@ -108,7 +108,7 @@ def test_pusher_objects_and_no_shadows():
     env = make_env("pusher", image_size=32)
     _, info = env.reset(seed=0)
     assert set(info["positions"]) == {"fingertip", "object", "goal"}
-    assert info["proprio"].shape == (14,)
+    assert info["joint_state"].shape == (14,)
     assert not env.unwrapped.model.light_castshadow.any()
     assert env.render().shape == (32, 32, 3)
     for obj in ("object", "goal"):
@@ -148,8 +148,8 @@ def test_every_scene_builds_and_sees_its_objects():
         env = make_env(name, image_size=32)
         _, info = env.reset(seed=0)
         assert set(info["pixels"]) == set(load_scene(name).objects)
-        assert info["proprio"].shape == (2 * len(load_scene(name).joints),)
-        assert env.proprio_features().shape == (3 * len(load_scene(name).joints),)
+        assert info["joint_state"].shape == (2 * len(load_scene(name).joints),)
+        assert env.joint_features().shape == (3 * len(load_scene(name).joints),)
         env.close()
 
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from dsae.config import ModelConfig
 from dsae.model import (
     DeepSpatialAutoencoder,
-    ModelConfig,
     gaussian_maps,
     gray_target,
     to_float_images,

@@ -73,7 +73,7 @@ def test_keypoints_pixels_and_finetune_modes(tmp_path, tiny_encoder_path):  # no
     before = torch.load(tiny_encoder_path, weights_only=False)["model"]
     after = torch.load(tmp_path / "ft" / "checkpoints" / "agent.pt", weights_only=False)["agent"]
     w = "encoder.features.0.weight"
-    assert not torch.equal(after[f"critic.encoder.image_encoder.encoder.{w}"], before[w]), \
+    assert not torch.equal(after[f"critic.features.image_features.encoder.{w}"], before[w]), \
         "fine-tuning trains the DSAE encoder"
 
     # visualize.py films the trained agent (the encoder comes from the policy's run)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dsae.sac import Actor, ObsEncoder, PixelEncoder, ReplayBuffer, SACAgent, SACConfig, random_shift
+from dsae.rl.config import SACConfig
+from dsae.rl.sac import Actor, ConvFeatures, ObservationFeatures, ReplayBuffer, SACAgent, random_shift
 
 
 def test_actor_log_prob_matches_torch_distributions():
@@ -42,10 +43,10 @@ def test_random_shift_moves_images_by_at_most_pad():
 
 
 def test_replay_buffer_round_trip_and_terminal_flags():
-    obs = {"image": np.zeros((4, 4, 3), np.uint8), "proprio": np.zeros(6, np.float32)}
+    obs = {"image": np.zeros((4, 4, 3), np.uint8), "joint_features": np.zeros(6, np.float32)}
     buf = ReplayBuffer(10, obs, 2)
     for i in range(13):  # wraps around
-        o = {"image": np.full((4, 4, 3), i, np.uint8), "proprio": np.full(6, i, np.float32)}
+        o = {"image": np.full((4, 4, 3), i, np.uint8), "joint_features": np.full(6, i, np.float32)}
         buf.add(o, np.full(2, i, np.float32), float(i), o, terminated=(i == 12))
     assert buf.size == 10 and buf.pos == 3
     copy = ReplayBuffer(10, obs, 2)
@@ -56,12 +57,12 @@ def test_replay_buffer_round_trip_and_terminal_flags():
     rewards = batch["reward"].numpy()
     assert set(rewards.astype(int)) <= set(range(3, 13))
     np.testing.assert_array_equal(batch["not_done"].numpy(), (rewards != 12).astype(np.float32))
-    np.testing.assert_array_equal(batch["obs"]["proprio"][:, 0].numpy(), rewards)
+    np.testing.assert_array_equal(batch["obs"]["joint_features"][:, 0].numpy(), rewards)
 
 
 def _toy_agent(images: bool) -> SACAgent:
     cfg = SACConfig(hidden=[32, 32], lr=3e-3, batch_size=32)
-    enc = ObsEncoder(PixelEncoder(16, 8, 10), 6) if images else ObsEncoder(None, 4)
+    enc = ObservationFeatures(ConvFeatures(16, 8, 10), 6) if images else ObservationFeatures(None, 4)
     return SACAgent(cfg, enc, action_dim=2)
 
 
@@ -72,7 +73,7 @@ def test_updates_fit_a_one_step_bandit(images):
     agent = _toy_agent(images)
     target = torch.tensor([0.5, -0.3])
     n = 32
-    obs = ({"image": torch.zeros(n, 16, 16, 3, dtype=torch.uint8), "proprio": torch.zeros(n, 6)}
+    obs = ({"image": torch.zeros(n, 16, 16, 3, dtype=torch.uint8), "joint_features": torch.zeros(n, 6)}
            if images else torch.zeros(n, 4))
     errors = []
     for _ in range(300):

@@ -8,11 +8,11 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from dsae import KeypointEncoder, load_encoder
+from dsae import PretrainedEncoder, load_encoder
 from dsae.checkpoint import save_checkpoint
 from dsae.config import to_dict
 from dsae.model import DeepSpatialAutoencoder
-from dsae.wrappers import KeypointObservation, KeypointObservationVector, PixelObservation
+from dsae.rl.wrappers import KeypointObservation, KeypointObservationVector, PixelObservation
 from envs import make_env
 from tests.conftest import tiny_config
 
@@ -67,7 +67,7 @@ def test_no_privileged_state_leaks(tiny_encoder_path):
     identical frames, so the wrapper's observations must be identical too, although the env's
     own observation (which holds the target position) differs."""
     trained = load_encoder(tiny_encoder_path, "cpu")
-    enc = KeypointEncoder(trained.encoder, trained.image_size)  # no recorded scene: any rendering is allowed
+    enc = PretrainedEncoder(trained.encoder, trained.image_size)  # no recorded scene: any rendering is allowed
     env = KeypointObservation(tiny_env(geom_rgba={"target": [0.0, 0.0, 0.0, 0.0]}), enc)
     env.reset(seed=0)
     base = env.unwrapped.sim
@@ -89,7 +89,7 @@ def test_pixel_observation(tiny_encoder_path):
     check_env(env)
     obs, _ = env.reset(seed=0)
     assert obs["image"].shape == (32, 32, 3) and obs["image"].dtype == np.uint8
-    assert obs["proprio"].shape == (6,)
+    assert obs["joint_features"].shape == (6,)
 
 
 def test_vector_wrapper_matches_single_envs_across_resets(tiny_encoder_path):

@@ -131,7 +131,7 @@ class KeypointObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArg
     Args:
         env: a scene env rendering as the encoder's training frames were rendered:
             ``envs.make_env(encoder.env_config)`` (anything else is refused, naming the difference).
-        encoder: a :class:`dsae.KeypointEncoder` (``dsae.load_encoder(path)``); it is frozen.
+        encoder: a :class:`dsae.PretrainedEncoder` (``dsae.load_encoder(path)``); it is frozen.
         keypoints: the keypoint indices to keep (default all), in this order.
         top_k, presence_threshold: per-frame presence pruning (see :func:`dsae.tracking.prune`).
         kalman: smooth each keypoint with a constant-velocity Kalman filter, reset every episode.
@@ -158,7 +158,7 @@ class KeypointObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArg
     def observation(self, observation: Any) -> np.ndarray:
         frame = self.env.render()
         keypoints = self.pipeline(frame[None])[0]
-        return np.concatenate([keypoints, self.scene.proprio_features()])
+        return np.concatenate([keypoints, self.scene.joint_features()])
 
 
 class KeypointObservationVector(gym.vector.VectorObservationWrapper):
@@ -199,12 +199,12 @@ class KeypointObservationVector(gym.vector.VectorObservationWrapper):
 
     def observations(self, observations: Any) -> np.ndarray:
         frames = np.stack(self.env.call("render"))
-        proprio = np.stack(self.env.call("proprio_features")).astype(np.float32)
-        return np.concatenate([self.pipeline(frames), proprio], axis=1)
+        joint_features = np.stack(self.env.call("joint_features")).astype(np.float32)
+        return np.concatenate([self.pipeline(frames), joint_features], axis=1)
 
 
 class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
-    """Observation = ``{"image": uint8 (H, W, 3) camera frame, "proprio": cos/sin/velocities}``.
+    """Observation = ``{"image": uint8 (H, W, 3) camera frame, "joint_features": cos/sin/velocities}``.
 
     For agents that learn their vision from scratch (``obs=pixels``) or fine-tune the DSAE encoder:
     the same camera and proprioception as :class:`KeypointObservation`, no privileged state.
@@ -218,9 +218,9 @@ class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         size = self.scene.config.image_size
         self.observation_space = gym.spaces.Dict({
             "image": gym.spaces.Box(0, 255, (size, size, 3), dtype=np.uint8),
-            "proprio": _observation_space(0, len(self.scene.config.joints)),
+            "joint_features": _observation_space(0, len(self.scene.config.joints)),
         })
 
     def observation(self, observation: Any) -> dict[str, np.ndarray]:
         return {"image": np.ascontiguousarray(self.env.render()),
-                "proprio": self.scene.proprio_features()}
+                "joint_features": self.scene.joint_features()}

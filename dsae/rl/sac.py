@@ -1,8 +1,8 @@
 """Soft actor-critic (Haarnoja et al., 2018) with a pluggable observation encoder.
 
 Observations are either flat float vectors (``obs=state``, or keypoints from
-:class:`dsae.wrappers.KeypointObservation`) or ``{"image", "proprio"}`` dicts from
-:class:`dsae.wrappers.PixelObservation`. Image observations go through an encoder owned by the
+:class:`dsae.rl.wrappers.KeypointObservation`) or ``{"image", "joint_features"}`` dicts from
+:class:`dsae.rl.wrappers.PixelObservation`. Image observations go through an encoder owned by the
 critic and trained by the critic's loss only (the actor sees its features detached), with
 random-shift augmentation as in DrQ (Kostrikov et al., 2020): a conv net learned from scratch
 (``obs=pixels``) or the pretrained DSAE encoder (``obs=keypoints`` with
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -24,43 +23,10 @@ from torch import nn
 
 from dsae.errors import ConfigError
 from dsae.model import to_float_images
+from dsae.rl.config import SACConfig
 
 
-@dataclass
-class SACConfig:
-    """The ``rl`` config group (``configs/rl/sac.yaml``)."""
-
-    steps: int = 20000  # env steps (one update per step after init_steps)
-    init_steps: int = 1000  # uniform random actions first (the buffer's warm-up)
-    batch_size: int = 128
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    lr: float = 1e-3  # actor, critic and encoder
-    alpha_lr: float = 1e-3
-    gamma: float = 0.99
-    tau: float = 0.01  # target critic EMA rate
-    encoder_tau: float = 0.05  # target encoder EMA rate (image observations)
-    init_temperature: float = 0.1  # initial entropy weight alpha
-    target_entropy: Optional[float] = None  # None: -(action dims)
-    updates_per_step: int = 1
-    buffer_size: Optional[int] = None  # None: rl.steps (nothing is ever dropped)
-    augment: bool = True  # random shift of image observations (DrQ); no effect on vectors
-    shift_pad: int = 4  # pixels of random shift each way
-    pixel_channels: int = 32  # obs=pixels: conv width
-    pixel_features: int = 50  # obs=pixels: feature size after the conv stack
-    finetune_encoder: bool = False  # obs=keypoints: train the DSAE encoder with the critic
-    keypoints: Optional[list[int]] = None  # obs=keypoints: indices to keep (default all)
-    top_k: Optional[int] = None  # obs=keypoints: per-frame presence pruning
-    presence_threshold: Optional[float] = None
-    kalman: bool = False  # obs=keypoints: Kalman-filter the keypoints
-    eval_every: int = 2000  # env steps between deterministic evaluations
-    eval_episodes: int = 10
-    checkpoint_every: int = 2000  # env steps between checkpoints (taken at episode ends)
-    log_every: int = 1000  # env steps between training-loss logs
-    random_return: Optional[float] = None  # reference returns for the normalised score;
-    state_return: Optional[float] = None  # random_return None: measured on the eval episodes
-
-
-class PixelEncoder(nn.Module):
+class ConvFeatures(nn.Module):
     """A small DrQ-style conv net: uint8 (B, H, W, 3) -> features (B, F), LayerNorm + tanh.
 
     Three 3x3 convs (strides 2, 2, 1) then a linear layer; smaller than DrQ's four stride-(2,1,1,1)
@@ -83,7 +49,7 @@ class PixelEncoder(nn.Module):
         return self.head(self.convs(to_float_images(images) - 0.5).flatten(1))
 
 
-class DSAEFeatures(nn.Module):
+class KeypointFeatures(nn.Module):
     """The DSAE encoder as an RL feature extractor: uint8 images -> flattened keypoints (B, 2K).
 
     Batch norm keeps the statistics it learned on the dataset (eval mode) while fine-tuning.
@@ -115,21 +81,21 @@ def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.stack([x[i, :, oy:oy + h, ox:ox + w] for i, (oy, ox) in enumerate(offsets)])
 
 
-class ObsEncoder(nn.Module):
+class ObservationFeatures(nn.Module):
     """Observation -> features: identity for vectors; image encoder + proprioception for dicts."""
 
-    def __init__(self, image_encoder: Optional[nn.Module], vector_dim: int):
+    def __init__(self, image_features: Optional[nn.Module], vector_dim: int):
         super().__init__()
-        self.image_encoder = image_encoder
-        self.out_dim = vector_dim + (image_encoder.out_dim if image_encoder is not None else 0)
+        self.image_features = image_features
+        self.out_dim = vector_dim + (image_features.out_dim if image_features is not None else 0)
 
     def forward(self, obs: Any, augment_pad: int = 0) -> torch.Tensor:
-        if self.image_encoder is None:
+        if self.image_features is None:
             return obs
         images = obs["image"]
         if augment_pad > 0:
             images = random_shift(images, augment_pad)
-        return torch.cat([self.image_encoder(images), obs["proprio"]], dim=-1)
+        return torch.cat([self.image_features(images), obs["joint_features"]], dim=-1)
 
 
 def mlp(inp: int, hidden: list[int], out: int) -> nn.Sequential:
@@ -142,11 +108,11 @@ def mlp(inp: int, hidden: list[int], out: int) -> nn.Sequential:
 
 
 class Critic(nn.Module):
-    def __init__(self, encoder: ObsEncoder, action_dim: int, hidden: list[int]):
+    def __init__(self, features: ObservationFeatures, action_dim: int, hidden: list[int]):
         super().__init__()
-        self.encoder = encoder
-        self.q1 = mlp(encoder.out_dim + action_dim, hidden, 1)
-        self.q2 = mlp(encoder.out_dim + action_dim, hidden, 1)
+        self.features = features
+        self.q1 = mlp(features.out_dim + action_dim, hidden, 1)
+        self.q2 = mlp(features.out_dim + action_dim, hidden, 1)
 
     def q(self, features: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([features, action], dim=-1)
@@ -178,18 +144,18 @@ class Actor(nn.Module):
 
 
 class SACAgent(nn.Module):
-    """SAC on features from an :class:`ObsEncoder`; actions in [-1, 1] (scaled to the env's box outside)."""
+    """SAC on features from an :class:`ObservationFeatures`; actions in [-1, 1] (scaled to the env's box outside)."""
 
-    def __init__(self, cfg: SACConfig, encoder: ObsEncoder, action_dim: int):
+    def __init__(self, cfg: SACConfig, features: ObservationFeatures, action_dim: int):
         super().__init__()
         self.cfg = cfg
-        self.critic = Critic(encoder, action_dim, cfg.hidden)
+        self.critic = Critic(features, action_dim, cfg.hidden)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor = Actor(encoder.out_dim, action_dim, cfg.hidden)
+        self.actor = Actor(features.out_dim, action_dim, cfg.hidden)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
         self.target_entropy = -float(action_dim) if cfg.target_entropy is None else cfg.target_entropy
-        self.has_images = encoder.image_encoder is not None
-        self.trains_encoder = self.has_images and any(p.requires_grad for p in encoder.parameters())
+        self.has_images = features.image_features is not None
+        self.trains_encoder = self.has_images and any(p.requires_grad for p in features.parameters())
         critic_params = [p for n, p in self.critic.named_parameters() if p.requires_grad]
         self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.lr)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
@@ -207,7 +173,7 @@ class SACAgent(nn.Module):
     def act(self, obs: Any, deterministic: bool = False) -> np.ndarray:
         """One observation (unbatched, numpy) -> one action in [-1, 1]."""
         batch = to_tensors(obs, self.device, unsqueeze=True)
-        features = self.critic.encoder(batch)
+        features = self.critic.features(batch)
         action, _ = self.actor(features, deterministic=deterministic)
         return action[0].cpu().numpy()
 
@@ -217,12 +183,12 @@ class SACAgent(nn.Module):
         obs, action, reward, next_obs, not_done = (batch["obs"], batch["action"], batch["reward"],
                                                    batch["next_obs"], batch["not_done"])
         with torch.no_grad():
-            next_features = self.critic_target.encoder(next_obs, pad)
+            next_features = self.critic_target.features(next_obs, pad)
             next_action, next_log_prob = self.actor(next_features)
             tq1, tq2 = self.critic_target.q(next_features, next_action)
             target_v = torch.min(tq1, tq2) - self.alpha * next_log_prob
             target_q = reward + not_done * cfg.gamma * target_v
-        features = self.critic.encoder(obs, pad)
+        features = self.critic.features(obs, pad)
         q1, q2 = self.critic.q(features, action)
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -244,7 +210,7 @@ class SACAgent(nn.Module):
 
         with torch.no_grad():
             for name, (p, tp) in _pairs(self.critic, self.critic_target):
-                rate = cfg.encoder_tau if name.startswith("encoder.") else cfg.tau
+                rate = cfg.encoder_tau if name.startswith("features.") else cfg.tau
                 tp.lerp_(p, rate)
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
                 "alpha": self.alpha.detach(), "q": q1.detach().mean(), "entropy": -log_prob.detach().mean()}

@@ -1,0 +1,71 @@
+"""DistributedDataParallel plumbing for ``scripts/train.py`` under ``torchrun``.
+
+Every helper is a no-op in a single process (``world == 1``), so the training loop calls them
+unconditionally. NCCL on GPUs, gloo on CPU. Rank 0 alone collects, logs, checkpoints and
+evaluates; the others train on their share of each global batch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from dsae.device import resolve_device
+
+
+def setup(device_name: str) -> tuple[int, int, Optional[torch.device]]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group and return (rank, world size,
+    this process's device); else (0, 1, None)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def broadcast(value: Any, world: int) -> Any:
+    """Rank 0's value on every rank."""
+    if world <= 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def mean_over_processes(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
+    """Each process's loss is over its share of the batch: the global figure is their mean."""
+    if world <= 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)  # NCCL: on the GPU
+    dist.all_reduce(t)
+    return dict(zip(values, (t / world).tolist()))
+
+
+def drop_stray_run_dir(own: Path, used: Path) -> None:
+    """Under torchrun every process's Hydra makes a run folder; ranks > 0 use rank 0's and
+    remove their own when it holds nothing but Hydra's files."""
+    if own.resolve() != used.resolve() and own.is_dir() and {p.name for p in own.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(own, ignore_errors=True)
