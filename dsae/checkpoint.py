@@ -115,6 +115,11 @@ def setting_differences(saved: dict[str, Any], given: dict[str, Any]) -> dict[st
             if not _under(k, RUNTIME_SETTINGS) and a.get(k) != b.get(k)}
 
 
+def resume_requested(resume: Optional[str]) -> bool:
+    """Whether a ``resume`` setting asks to resume (Hydra passes ``resume=false`` as a string)."""
+    return resume is not None and str(resume).lower() not in ("false", "none", "null", "")
+
+
 def find_resume_checkpoint(resume: Optional[str], run_dir: Path, config: dict[str, Any],
                            checkpoint: Path = CHECKPOINT, key: str = "train.resume",
                            roots: Iterable[Path] = RUN_ROOTS) -> Optional[Path]:
@@ -124,7 +129,7 @@ def find_resume_checkpoint(resume: Optional[str], run_dir: Path, config: dict[st
     ``roots`` (``outputs/``, ``multirun/``) made with the same settings as ``config`` (runtime
     settings aside), so each job of a sweep finds its own; otherwise a run folder or a file.
     """
-    if resume is None or str(resume).lower() in ("false", "none", "null", ""):
+    if not resume_requested(resume):
         return None
     if str(resume).lower() not in ("true", "latest"):
         path = Path(resume)

@@ -31,7 +31,8 @@ import torch
 from dsae.errors import UserError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2  # 2: the robot state is stored as joint_state (was proprio)
+FORMAT_VERSION = 2  # 2: the robot state is stored as joint_state (format 1 called it proprio)
+JOINT_STATE_KEY = {1: "proprio", 2: "joint_state"}  # the formats this version reads
 
 
 class DatasetError(UserError, RuntimeError):
@@ -146,6 +147,10 @@ def load_dataset(root: Path | str, verify: bool = True, episodes: Optional[int] 
             f"the dataset at {root} is unfinished ({len(manifest.get('files', {}))} of "
             f"{manifest.get('episodes')} episodes): run collect again with the same settings to resume it"
         )
+    fmt = manifest.get("settings", {}).get("format", FORMAT_VERSION)
+    if fmt not in JOINT_STATE_KEY:
+        raise DatasetError(f"the dataset at {root} is in format {fmt}, which this version cannot read: "
+                           "collect it again (a fresh data.dir, or delete the folder)")
     names = sorted(manifest["files"])
     if episodes is not None:
         if len(names) < episodes:
@@ -162,9 +167,6 @@ def load_dataset(root: Path | str, verify: bool = True, episodes: Optional[int] 
         loaded.append(load_episode(path))
     if not loaded:
         raise DatasetError(f"the dataset at {root} has no episodes")
-    if manifest.get("settings", {}).get("format", FORMAT_VERSION) != FORMAT_VERSION:
-        raise DatasetError(f"the dataset at {root} is in format {manifest['settings']['format']}, this version reads "
-                           f"format {FORMAT_VERSION}: collect it again (a fresh data.dir, or delete the folder)")
     objects = manifest["objects"]
     try:
         return Dataset(
@@ -172,7 +174,7 @@ def load_dataset(root: Path | str, verify: bool = True, episodes: Optional[int] 
             manifest=manifest,
             frames=np.stack([e["frames"] for e in loaded]),
             actions=np.stack([e["actions"] for e in loaded]),
-            joint_state=np.stack([e["joint_state"] for e in loaded]),
+            joint_state=np.stack([e[JOINT_STATE_KEY[fmt]] for e in loaded]),
             positions={o: np.stack([e[f"pos_{o}"] for e in loaded]) for o in objects},
             pixels={o: np.stack([e[f"px_{o}"] for e in loaded]) for o in objects},
             camera_matrix=loaded[0]["camera_matrix"],

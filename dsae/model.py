@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsae.config import ModelConfig
+from dsae.config import DECODERS, NORMS, ModelConfig
 from dsae.errors import ConfigError
 from dsae.spatial_softmax import SpatialSoftmax
 
@@ -44,7 +44,9 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels)
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
-    return nn.Identity()
+    if kind == "none":
+        return nn.Identity()
+    raise ConfigError(f"model.norm must be one of {NORMS}, got {kind!r}")
 
 
 class SpatialEncoder(nn.Module):
@@ -143,6 +145,8 @@ def separation_penalty(keypoints: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def make_decoder(cfg: ModelConfig) -> nn.Module:
     """The decoder that ``model.decoder`` names: keypoints (B, K, 2) -> image (B, h, w)."""
+    if cfg.decoder not in DECODERS:
+        raise ConfigError(f"model.decoder must be one of {DECODERS}, got {cfg.decoder!r}")
     return GaussianDecoder(cfg) if cfg.decoder == "gaussian" else FCDecoder(cfg)
 
 

@@ -36,16 +36,17 @@ from dsae.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from dsae import distributed
 from dsae.collect import collect, default_dataset_dir
 from dsae.config import Config, LoggerConfig, TrainConfig, from_dict, to_dict
 from dsae.data import Dataset, TripleSampler, load_dataset, read_manifest
 from dsae.device import cpu_has_native_bf16, device_name, resolve_device
 from dsae.draw import grid_image, overlay_keypoints, reconstruction_panel
-from dsae import distributed
 from dsae.errors import ConfigError
 from dsae.evaluate import probe_dataset, reconstruction_mse
 from dsae.logger import Logger
 from dsae.model import DeepSpatialAutoencoder, gray_target
+
 
 def dataset_dir(cfg: Config) -> Path:
     return Path(cfg.data.dir) if cfg.data.dir else default_dataset_dir(cfg.env, cfg.data)

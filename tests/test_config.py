@@ -121,8 +121,21 @@ def test_help_lists_every_setting_with_its_default_and_meaning():
 
 
 def test_python_defaults_are_the_hydra_defaults():
-    """Config() in Python and `python scripts/train.py` with no overrides hold the same settings."""
+    """Config() in Python and `python scripts/train.py` with no overrides hold the same settings;
+    so do RLRunConfig(obs=...) and `python scripts/train_rl.py obs=...`."""
     assert to_config(_compose([])) == Config()
+    from dsae.rl.config import register as register_rl
+
+    register_rl()
+    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
+        composed = compose(config_name="train_rl", overrides=["obs=state"])
+    assert to_config(composed, RLRunConfig) == RLRunConfig(obs="state")
+
+
+def test_resume_false_still_needs_an_encoder():
+    with pytest.raises(ConfigError, match="needs a trained DSAE"):
+        RLRunConfig(obs="keypoints", resume="False")  # Hydra's string for resume=false
+    RLRunConfig(obs="keypoints", resume="true")  # the encoder comes from the run resumed
 
 
 @pytest.mark.parametrize("build, key, overrides", [

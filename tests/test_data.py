@@ -112,3 +112,21 @@ def test_host_and_device_paths_sample_the_same_batches():
     assert on.on_device and not off.on_device
     for _ in range(3):
         torch.testing.assert_close(on.sample(16), off.sample(16))
+
+
+def test_a_format_1_dataset_still_loads_and_an_unknown_format_is_named(copy_of):
+    """Format 1 stored the robot state as ``proprio``; format 2 calls it ``joint_state``."""
+    from dsae.data import read_manifest, sha256, write_manifest
+
+    manifest = read_manifest(copy_of)
+    for name in manifest["files"]:
+        path = copy_of / name
+        with np.load(path) as data:
+            arrays = {("proprio" if k == "joint_state" else k): data[k] for k in data.files}
+        np.savez(path, **arrays)
+        manifest["files"][name] = sha256(path)
+    write_manifest(copy_of, {**manifest, "settings": {**manifest["settings"], "format": 1}})
+    assert load_dataset(copy_of).joint_state.shape[-1] == 4
+    write_manifest(copy_of, {**manifest, "settings": {**manifest["settings"], "format": 99}})
+    with pytest.raises(DatasetError, match="format 99"):
+        load_dataset(copy_of)

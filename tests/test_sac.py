@@ -85,3 +85,14 @@ def test_updates_fit_a_one_step_bandit(images):
         errors.append(float(np.abs(agent.act(single, deterministic=True) - target.numpy()).max()))
     assert math.isfinite(float(parts["critic_loss"]))
     assert errors[-1] < 0.15 < errors[0], (errors[0], errors[-1])
+
+
+def test_an_agent_checkpoint_of_another_layout_is_named_not_a_traceback():
+    from dsae.checkpoint import CheckpointError
+    from dsae.rl.policy import load_agent_weights
+
+    agent = SACAgent(SACConfig(hidden=[8]), ObservationFeatures(None, 4), 2)
+    old = {k.replace("critic.", "critic.encoder."): v for k, v in agent.state_dict().items()}
+    with pytest.raises(CheckpointError, match="train it again"):
+        load_agent_weights(agent, {"agent": old})
+    load_agent_weights(agent, {"agent": agent.state_dict()})

@@ -7,14 +7,21 @@ checks itself when it is built (from Hydra or in Python) and names the first bad
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
+from dsae.checkpoint import resume_requested
 from dsae.config import LoggerConfig, check_at_least, default_scene, schema_node
 from dsae.errors import ConfigError
 from envs import EnvConfig
 
 OBS_MODES = ("state", "pixels", "keypoints")
+
+
+def task_scene() -> EnvConfig:
+    """RL's default scene: Reacher from the task's own start states (``configs/train_rl.yaml``
+    says the same; a test keeps the two equal)."""
+    return replace(default_scene(), randomize_arm=False)
 
 
 @dataclass
@@ -65,7 +72,7 @@ class RLRunConfig:
 
     obs: str = "keypoints"  # state (the env's own vector) | pixels (vision from scratch) | keypoints (the DSAE's)
     encoder: Optional[str] = None  # obs=keypoints: a run folder of scripts/train.py (or its checkpoints/last.pt)
-    env: EnvConfig = field(default_factory=default_scene)  # the scene (configs/env/<name>.yaml)
+    env: EnvConfig = field(default_factory=task_scene)  # the scene (configs/env/<name>.yaml)
     rl: SACConfig = field(default_factory=SACConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0  # agent, buffer and training episodes
@@ -77,7 +84,7 @@ class RLRunConfig:
     def __post_init__(self) -> None:
         if self.obs not in OBS_MODES:
             raise ConfigError(f"obs must be one of {OBS_MODES}, got {self.obs!r}")
-        if self.obs == "keypoints" and not self.encoder and not self.resume:
+        if self.obs == "keypoints" and not self.encoder and not resume_requested(self.resume):
             raise ConfigError("obs=keypoints needs a trained DSAE: pass encoder=PATH (a run folder of "
                               "scripts/train.py or its checkpoints/last.pt); `make train` makes one")
         if self.rl.finetune_encoder and self.obs != "keypoints":

@@ -106,9 +106,18 @@ def agent_checkpoint(agent: SACAgent, cfg: RLRunConfig, env_cfg: EnvConfig, **pr
             **{name: getattr(agent, name).state_dict() for name in OPTIMIZERS}, **progress}
 
 
+def load_agent_weights(agent: SACAgent, state: dict[str, Any]) -> None:
+    """The agent's weights from its checkpoint; a checkpoint of another layout is named, not a traceback."""
+    try:
+        agent.load_state_dict(state["agent"])
+    except RuntimeError as err:
+        raise CheckpointError(f"the agent checkpoint does not fit this version's agent (written before the RL code "
+                              f"moved to dsae/rl/, or for other settings): train it again ({str(err)[:200]})") from err
+
+
 def restore_agent(agent: SACAgent, state: dict[str, Any]) -> None:
     """Load the weights and optimiser states of an agent checkpoint into ``agent``."""
-    agent.load_state_dict(state["agent"])
+    load_agent_weights(agent, state)
     for name in OPTIMIZERS:
         getattr(agent, name).load_state_dict(state[name])
 
@@ -133,7 +142,7 @@ class Policy:
         self.agent = self.factory.make_agent(env)
         self.action_space = env.action_space
         env.close()
-        self.agent.load_state_dict(state["agent"])
+        load_agent_weights(self.agent, state)
         self.agent.eval()
 
     @property

@@ -219,12 +219,14 @@ class RLTrainer:
             "checkpoint": str(self.run_dir / AGENT_CHECKPOINT),
         }
         self.logger.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
-        self.close()
+        self.logger.close()
+        self.close_files_and_envs()
         (self.run_dir / METRICS).write_text(json.dumps(metrics, indent=2))
         return metrics
 
-    def close(self) -> None:
-        self.logger.close()
+    def close_files_and_envs(self) -> None:
+        """Release what the run holds open (the logger stays open when the run fails, so wandb
+        records the failure)."""
         self.csv_file.close()
         self.env.close()
         self.eval_env.close()
@@ -246,6 +248,6 @@ def run_rl(cfg: RLRunConfig, run_dir: Path | str, overrides: Optional[Sequence[s
     try:
         trainer.run(cfg.progress)
     except BaseException:
-        trainer.close()
+        trainer.close_files_and_envs()
         raise
     return trainer.finish()
