@@ -79,3 +79,18 @@ def test_rl_benchmark(tmp_path):
     assert summary["steps"] == 60 and (out / "rl_reacher.png").stat().st_size > 0
     for mode, info in summary["modes"].items():
         assert all(c[-1]["env_step"] == 60 for c in info["curves"]), mode
+
+
+def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp_path):
+    from tests.test_e2e import tiny_overrides
+
+    overrides = [o for o in tiny_overrides(tmp_path, "unused", steps=6) if not o.startswith("hydra.run.dir")]
+    args = ["--name", "tiny", "--scenes", "reacher", "--seeds", "2", "--out", str(tmp_path / "kq"), "--", *overrides]
+    run("keypoint_quality.py", *args)
+    summary = json.loads((tmp_path / "kq" / "tiny.json").read_text())
+    target = summary["scenes"]["reacher"]["objects"]["target"]
+    assert len(target["probe_r2"]) == 2 and len(target["keypoint_err_px"]) == 2
+    assert target["keypoint_err_px_mean"] == pytest.approx(sum(target["keypoint_err_px"]) / 2)
+    first = (tmp_path / "kq" / "tiny" / "reacher-seed0" / "metrics.json").stat().st_mtime
+    run("keypoint_quality.py", *args)  # a second call reads the finished runs instead of training again
+    assert (tmp_path / "kq" / "tiny" / "reacher-seed0" / "metrics.json").stat().st_mtime == first
