@@ -44,7 +44,7 @@ def default_scene() -> EnvConfig:
 
 PADDINGS = ("valid", "same")
 NORMS = ("none", "batch", "group")
-DECODERS = ("gaussian", "fc")
+DECODERS = ("gaussian", "fc", "transport")
 
 
 @dataclass
@@ -61,10 +61,10 @@ class ModelConfig:
     temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
     learn_temperature: bool = True  # learn the temperature (paper) or keep it fixed
     recon_size: int = 32  # side of the grayscale reconstruction target
-    decoder: str = "gaussian"  # gaussian (keypoints drawn as maps, then convs) or fc (the paper's)
+    decoder: str = "gaussian"  # gaussian (keypoints drawn as maps, then convs), transport (the frame seen through a window at each keypoint) or fc (the paper's)
     decoder_hidden: list[int] = field(default_factory=lambda: [512])  # fc: hidden widths; [] = the paper's linear layer
-    decoder_channels: int = 32  # gaussian: width of its conv layers
-    decoder_sigma: float = 0.1  # gaussian: blob std in normalised units ([-1, 1] spans the image)
+    decoder_channels: int = 32  # gaussian, transport: width of its conv layers
+    decoder_sigma: float = 0.1  # gaussian, transport: blob (window) std in normalised units ([-1, 1] spans the image)
     decoder_kernel: int = 3  # gaussian: conv kernel size; 1 lets a keypoint draw only around itself
     slow_weight: float = 0.01  # weight of g_slow in the loss (paper: 1.0)
     foreground_weight: float = 0.0  # pixels weigh 1 + this * |target - the scene's median image|

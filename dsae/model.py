@@ -8,6 +8,8 @@ g_slow = ||(f_{t+1} - f_t) - (f_t - f_{t-1})||^2 on triples of consecutive frame
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,7 +94,7 @@ class FCDecoder(nn.Module):
             layers[-1].weight.mul_(0.1)
             layers[-1].bias.fill_(0.5)
 
-    def forward(self, keypoints: torch.Tensor) -> torch.Tensor:
+    def forward(self, keypoints: torch.Tensor, images: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.net(keypoints.flatten(1)).view(-1, self.size, self.size)
 
 
@@ -126,9 +128,37 @@ class GaussianDecoder(nn.Module):
         )
         self.background = nn.Parameter(torch.full((self.size, self.size), 0.5))
 
-    def forward(self, keypoints: torch.Tensor) -> torch.Tensor:
+    def forward(self, keypoints: torch.Tensor, images: Optional[torch.Tensor] = None) -> torch.Tensor:
         maps = gaussian_maps(keypoints, self.size, self.sigma)
         return self.net(maps).squeeze(1) + self.background
+
+
+class TransportDecoder(nn.Module):
+    """Features of the frame show through a Gaussian window at each keypoint onto features of the
+    scene's median image; convs decode the mix: (B, K, 2) + images (B, H, W, 3) -> (B, h, w).
+
+    After Transporter (Kulkarni et al. 2019), with the scene's median image as the source frame.
+    The decoder need not learn to draw an object from a coordinate: a keypoint on it opens a
+    window onto the object's own features, so one keypoint removes a small object's whole error.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.size, self.sigma = cfg.recon_size, cfg.decoder_sigma
+        c = cfg.decoder_channels
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True))
+        self.net = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, 1, 3, padding=1))
+        # The scene's median colour image at the reconstruction size, set by set_background().
+        self.register_buffer("scene", torch.full((1, 3, cfg.recon_size, cfg.recon_size), 0.5))
+
+    def forward(self, keypoints: torch.Tensor, images: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if images is None:
+            raise ValueError("the transport decoder reconstructs from the frames' features: pass images too")
+        frames = F.interpolate(to_float_images(images), size=(self.size, self.size), mode="area")
+        window = gaussian_maps(keypoints, self.size, self.sigma).amax(dim=1, keepdim=True)  # (B, 1, h, w)
+        mixed = (1 - window) * self.features(self.scene) + window * self.features(frames)
+        return self.net(mixed).squeeze(1) + 0.5
 
 
 def separation_penalty(keypoints: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -147,7 +177,7 @@ def make_decoder(cfg: ModelConfig) -> nn.Module:
     """The decoder that ``model.decoder`` names: keypoints (B, K, 2) -> image (B, h, w)."""
     if cfg.decoder not in DECODERS:
         raise ConfigError(f"model.decoder must be one of {DECODERS}, got {cfg.decoder!r}")
-    return GaussianDecoder(cfg) if cfg.decoder == "gaussian" else FCDecoder(cfg)
+    return {"gaussian": GaussianDecoder, "fc": FCDecoder, "transport": TransportDecoder}[cfg.decoder](cfg)
 
 
 class DeepSpatialAutoencoder(nn.Module):
@@ -177,10 +207,13 @@ class DeepSpatialAutoencoder(nn.Module):
         self.background.copy_(median)
         if isinstance(self.decoder, GaussianDecoder):
             self.decoder.background.copy_(median)
+        if isinstance(self.decoder, TransportDecoder):
+            colour = F.interpolate(to_float_images(frames), size=(self.cfg.recon_size,) * 2, mode="area")
+            self.decoder.scene.copy_(colour.median(dim=0).values[None])
 
     def forward(self, images: torch.Tensor):
         keypoints = self.encoder(images)
-        return keypoints, self.decoder(keypoints)
+        return keypoints, self.decoder(keypoints, images)
 
     def loss(self, triples: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss on frame triples uint8 (B, 3, H, W, 3) (consecutive frames t-1, t, t+1).

@@ -90,7 +90,7 @@ def track_episode(model, frames: np.ndarray, cfg: VisConfig, device: torch.devic
     return {
         "keypoints": res.keypoints.cpu().numpy(), "filtered": filtered.cpu().numpy(),
         "presence": res.presence.cpu().numpy(), "keep": keep.cpu().numpy(),
-        "attention": res.attention.cpu().numpy(), "recon": model.decoder(res.keypoints).cpu().numpy(),
+        "attention": res.attention.cpu().numpy(), "recon": model.decoder(res.keypoints, images).cpu().numpy(),
     }
 
 

@@ -123,3 +123,36 @@ def test_separation_penalty_is_one_when_crowded_and_vanishes_when_apart():
     apart = torch.tensor([[[-0.9, -0.9], [0.9, -0.9], [-0.9, 0.9], [0.9, 0.9]]])
     assert separation_penalty(crowded, 0.1).item() == pytest.approx(1.0)
     assert separation_penalty(apart, 0.1).item() < 1e-20
+
+
+def test_transport_decoder_sees_the_frame_only_through_windows_at_the_keypoints():
+    """What the frame holds far from every keypoint does not reach the reconstruction; near one, it does."""
+    from dsae.model import TransportDecoder
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(decoder="transport", num_keypoints=1, recon_size=32, decoder_sigma=0.05)
+    decoder = TransportDecoder(cfg).eval()
+    keypoints = torch.tensor([[[-0.75, -0.75]]])  # near the top-left corner
+    blank = torch.full((1, 64, 64, 3), 128, dtype=torch.uint8)
+    far, near = blank.clone(), blank.clone()
+    far[:, 48:56, 48:56] = 0  # a dark square at the bottom right, far from the keypoint
+    near[:, 6:14, 6:14] = 0  # the same square under the keypoint
+    with torch.no_grad():
+        base = decoder(keypoints, blank)
+        assert torch.allclose(decoder(keypoints, far), base, atol=1e-5)
+        assert (decoder(keypoints, near) - base).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="pass images"):
+        decoder(keypoints)
+
+
+def test_transport_decoder_starts_from_the_scenes_median_colour_image():
+    cfg = ModelConfig(channels=[8, 4], kernels=[5, 3], strides=[2, 1], num_keypoints=4, recon_size=8,
+                      decoder="transport")
+    model = DeepSpatialAutoencoder(cfg, 32)
+    frames = torch.randint(0, 256, (9, 32, 32, 3), dtype=torch.uint8)
+    model.set_background(frames)
+    expected = torch.nn.functional.interpolate(to_float_images(frames), size=(8, 8), mode="area").median(0).values
+    torch.testing.assert_close(model.decoder.scene[0], expected)
+    loss, parts = model.loss(torch.randint(0, 256, (2, 3, 32, 32, 3), dtype=torch.uint8))
+    loss.backward()
+    assert model.encoder.features[0].weight.grad.abs().sum() > 0  # the keypoints are trained through the windows

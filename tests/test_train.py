@@ -1,6 +1,8 @@
 """Training runs in process on the tiny dataset: what a resumed run records, and where."""
 
 import json
+
+import torch
 from dataclasses import replace
 
 from dsae.checkpoint import CHECKPOINT, METRICS, load_checkpoint, save_checkpoint
@@ -102,3 +104,19 @@ def test_an_override_that_changes_a_resumed_run_is_refused_not_dropped(tiny_data
                  overrides=[f"train.resume={run}", "train.log_every=2"])
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["lr"] == 0.001 and saved["train"]["log_every"] == 2
+
+
+def test_a_transport_decoder_run_trains_probes_and_films(tiny_dataset, tmp_path):
+    from dsae.api import load_model
+    from dsae.config import VisConfig
+    from dsae.data import load_dataset
+    from dsae.visualize import track_episode
+
+    cfg, root = tiny_dataset
+    cfg = replace(cfg, model=replace(cfg.model, decoder="transport"), train=replace(cfg.train, steps=10))
+    metrics = run_training(cfg, tmp_path / "run", progress=False)
+    assert set(metrics["keypoint_err_px"]) == {"fingertip", "target"} and metrics["recon_mse"] > 0
+    model, _ = load_model(tmp_path / "run", "cpu")
+    frames = load_dataset(root).frames[0]
+    tracks = track_episode(model, frames, VisConfig(), torch.device("cpu"))
+    assert tracks["recon"].shape == (len(frames), 16, 16)
