@@ -1,8 +1,9 @@
-"""The Deep Spatial Autoencoder: conv encoder -> spatial soft-argmax -> FC decoder, and its loss.
+"""The Deep Spatial Autoencoder: conv encoder -> spatial soft-argmax -> decoder, and its loss.
 
 Images enter as uint8 (B, H, W, 3) and are converted once, here, to float (B, 3, H, W) in
-[0, 1]. The decoder reconstructs a downsampled grayscale image (B, h, w) from the
-keypoints alone. The loss is the reconstruction error plus the smoothness term
+[0, 1]. The decoder reconstructs a downsampled grayscale image (B, h, w) from the keypoints:
+``gaussian`` and ``fc`` from them alone, ``transport`` from the frame seen only through a
+window at each keypoint. The loss is the reconstruction error plus the smoothness term
 g_slow = ||(f_{t+1} - f_t) - (f_t - f_{t-1})||^2 on triples of consecutive frames.
 """
 
