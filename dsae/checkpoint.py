@@ -56,11 +56,17 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, Any]:
+def checkpoint_file(path: Path | str, checkpoint: Path = CHECKPOINT) -> Path:
+    """The checkpoint file a path names: a file as it is; a run folder's ``checkpoint``
+    (``checkpoints/last.pt`` or ``checkpoints/agent.pt``); a ``checkpoints/`` folder's file of that name."""
     path = Path(path)
-    if path.is_dir():
-        candidate = path / CHECKPOINT
-        path = candidate if candidate.exists() else path / CHECKPOINT.name
+    if not path.is_dir():
+        return path
+    return path / checkpoint if (path / checkpoint).exists() else path / checkpoint.name
+
+
+def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, Any]:
+    path = checkpoint_file(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -132,8 +138,7 @@ def find_resume_checkpoint(resume: Optional[str], run_dir: Path, config: dict[st
     if not resume_requested(resume):
         return None
     if str(resume).lower() not in ("true", "latest"):
-        path = Path(resume)
-        path = path / checkpoint if path.is_dir() else path
+        path = checkpoint_file(resume, checkpoint)
         if not path.exists():
             raise CheckpointError(f"{key}={resume}: no checkpoint at {path}")
         return path
@@ -142,15 +147,16 @@ def find_resume_checkpoint(resume: Optional[str], run_dir: Path, config: dict[st
     unfinished = sorted((p for root in roots for p in Path(root).glob(f"**/{checkpoint.as_posix()}")
                          if not (p.parent.parent / METRICS).exists() and (p.parent.parent / RUN_CONFIG).exists()),
                         key=lambda p: p.stat().st_mtime, reverse=True)
+    differences = []
     for path in unfinished:
-        if not setting_differences(json.loads((path.parent.parent / RUN_CONFIG).read_text()), config):
+        differences.append(setting_differences(json.loads((path.parent.parent / RUN_CONFIG).read_text()), config))
+        if not differences[-1]:
             return path
     where = " or ".join(f"{r}/" for r in roots)
     if not unfinished:
         raise CheckpointError(f"{key}=true but no unfinished run with a checkpoint was found under {where}; "
                               f"start a fresh run (drop {key}) or pass {key}=PATH to a run folder")
-    newest = unfinished[0].parent.parent
-    diff = setting_differences(json.loads((newest / RUN_CONFIG).read_text()), config)
+    newest, diff = unfinished[0].parent.parent, differences[0]
     shown = "; ".join(f"{k}: {old!r} there, {new!r} here" for k, (old, new) in list(diff.items())[:3])
     raise CheckpointError(f"{key}=true but none of the {len(unfinished)} unfinished runs under {where} has this "
                           f"command's settings (the newest, {newest}, differs in {shown}); "

@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from dsae.checkpoint import AGENT_CHECKPOINT, CheckpointError, load_checkpoint
+from dsae.checkpoint import AGENT_CHECKPOINT, CheckpointError, checkpoint_file, load_checkpoint
 from dsae.config import from_dict, to_dict
 from dsae.device import resolve_device
 from dsae.errors import ConfigError
@@ -124,8 +124,7 @@ def restore_agent(agent: SACAgent, state: dict[str, Any]) -> None:
 
 def load_agent_checkpoint(path: Path | str) -> dict[str, Any]:
     """An agent checkpoint from its file or run folder; refuses a DSAE's checkpoint."""
-    path = Path(path)
-    state = load_checkpoint(path / AGENT_CHECKPOINT if path.is_dir() else path)
+    state = load_checkpoint(checkpoint_file(path, AGENT_CHECKPOINT))
     if state.get("model") != "sac":
         raise CheckpointError(f"{path} is not an RL agent checkpoint (scripts/train_rl.py writes those)")
     return state
