@@ -1,12 +1,17 @@
 """Benchmark: spatial soft-argmax, ours vs kornia vs a straightforward implementation.
 
-    python bench/spatial_softmax.py [--out bench/results/spatial_softmax.json] [--repeats 20]
+    python bench/spatial_softmax.py [--out bench/results/spatial_softmax.json] [--repeats 20] [--compile]
 
 Times forward and forward+backward at the paper's shape (B=64, C=16, 109x109) and at
 (B=256, C=32, 21x21), on CPU and on CUDA when available, all three in the same run, and
-reports ratios against kornia and the straightforward version, plus peak memory (CUDA:
+reports ratios against kornia and the straightforward version (``--compile``: on CUDA, ours
+through ``torch.compile`` too, as ``ours_compiled``), plus peak memory (CUDA:
 torch.cuda.max_memory_allocated; CPU: the bytes of tensors saved for backward, measured
-with saved-tensor hooks). Writes JSON.
+with saved-tensor hooks). On CUDA it also reports the achieved memory bandwidth: the least
+traffic the operation needs (forward: read the features once; forward+backward: read them
+in the forward and again in the backward, write their gradient) over its time, as a fraction
+of the device's peak (NVML: memory clock x bus width) and of a large device-to-device copy
+timed in the same run. Writes JSON.
 """
 
 from __future__ import annotations
@@ -71,6 +76,13 @@ def time_it(fn, features: torch.Tensor, backward: bool, repeats: int) -> float:
 
     for _ in range(3):
         once()
+    if device.type == "cuda":  # one synchronisation around all repeats: kernels this short hide behind it
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            once()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / repeats
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -83,9 +95,54 @@ def time_it(fn, features: torch.Tensor, backward: bool, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run(device: torch.device, repeats: int) -> list[dict]:
+def peak_bandwidth(device: torch.device) -> float | None:
+    """The GPU's peak memory bandwidth in bytes/s (NVML: twice the memory clock times the bus
+    width), or None where NVML cannot tell."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        clock_mhz = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM)
+        return 2 * clock_mhz * 1e6 * pynvml.nvmlDeviceGetMemoryBusWidth(handle) / 8
+    except Exception:  # no pynvml, or a driver that does not report these
+        return None
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, repeats: int = 10) -> float:
+    """Bytes/s read and written by a device-to-device copy of ``nbytes``."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return 2 * nbytes * repeats / (time.perf_counter() - t0)
+
+
+def add_bandwidth(entry: dict, features: torch.Tensor, peak: float | None, copy: float) -> None:
+    """Achieved bandwidth of one implementation's timings (the least traffic each pass needs)."""
+    nbytes = features.numel() * features.element_size()
+    fwd = nbytes / (entry["forward_ms"] / 1e3)
+    fwd_bwd = 3 * nbytes / (entry["forward_backward_ms"] / 1e3)
+    entry.update({"forward_bytes_per_s": fwd, "forward_backward_bytes_per_s": fwd_bwd,
+                  "bandwidth_fraction_of_copy": fwd_bwd / copy,
+                  "bandwidth_fraction_of_peak": fwd_bwd / peak if peak else None})
+
+
+def run(device: torch.device, repeats: int, compile_: bool = False) -> list[dict]:
     impls = {"ours": spatial_soft_argmax, "kornia": kornia_impl(), "straightforward": straightforward}
+    if compile_ and device.type == "cuda":
+        # dynamic=False: a fresh graph per shape (torch 2.11's dynamo fails on the custom autograd
+        # function when it recompiles with dynamic shapes; training shapes are static anyway)
+        impls["ours_compiled"] = torch.compile(spatial_soft_argmax, dynamic=False)
     rows = []
+    if device.type == "cuda":
+        peak, copy = peak_bandwidth(device), copy_bandwidth(device)
+        print(f"{device}: peak memory bandwidth {peak / 1e12 if peak else float('nan'):.2f} TB/s (NVML), "
+              f"a 1 GiB copy moves {copy / 1e12:.2f} TB/s")
     for shape in SHAPES:
         features = torch.randn(*shape, device=device, requires_grad=True)
         ref = straightforward(features.detach())
@@ -104,14 +161,20 @@ def run(device: torch.device, repeats: int) -> list[dict]:
                 fn(features).sum().backward()
                 torch.cuda.synchronize()
                 entry["peak_memory_bytes"] = torch.cuda.max_memory_allocated() - base
+                add_bandwidth(entry, features, peak, copy)
             row[name] = entry
+        if device.type == "cuda":
+            row["device_peak_bytes_per_s"], row["device_copy_bytes_per_s"] = peak, copy
         for other in ("kornia", "straightforward"):
             for key in ("forward_ms", "forward_backward_ms"):
                 row[f"speedup_{key}_vs_{other}"] = row[other][key] / row["ours"][key]
         rows.append(row)
         print(f"{str(device):5s} {str(shape):22s} fwd+bwd ms: ours {row['ours']['forward_backward_ms']:.2f}  "
               f"kornia {row['kornia']['forward_backward_ms']:.2f}  straightforward "
-              f"{row['straightforward']['forward_backward_ms']:.2f}  (x{row['speedup_forward_backward_ms_vs_kornia']:.2f} vs kornia)")
+              f"{row['straightforward']['forward_backward_ms']:.2f}  (x{row['speedup_forward_backward_ms_vs_kornia']:.2f} vs kornia)"
+              + (f"  ours at {row['ours']['bandwidth_fraction_of_copy']:.0%} of copy bandwidth"
+                 if device.type == "cuda" else "")
+              + (f"  compiled {row['ours_compiled']['forward_backward_ms']:.2f}" if "ours_compiled" in row else ""))
     return rows
 
 
@@ -119,15 +182,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/spatial_softmax.json")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--compile", action="store_true", help="on CUDA, also time ours through torch.compile")
+    parser.add_argument("--device", nargs="+", default=None, help="devices (default: cpu, and cuda when present)")
     args = parser.parse_args()
     import kornia
 
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    names = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    devices = [torch.device(name) for name in names]
     results = {
         "torch": torch.__version__, "kornia": kornia.__version__, "threads": torch.get_num_threads(),
         "machine": device_name(torch.device("cpu")),
         "gpu": device_name(torch.device("cuda")) if torch.cuda.is_available() else None,
-        "rows": [r for d in devices for r in run(d, args.repeats)],
+        "rows": [r for d in devices for r in run(d, args.repeats, args.compile)],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,10 @@
 """DistributedDataParallel plumbing for ``scripts/train.py`` under ``torchrun``.
 
 Every helper is a no-op in a single process (``world == 1``), so the training loop calls them
-unconditionally. NCCL on GPUs, gloo on CPU. Rank 0 alone collects, logs, checkpoints and
-evaluates; the others train on their share of each global batch.
+unconditionally. Under torchrun the process group is joined whatever the number of processes
+(``--nproc_per_node=1`` too: the DistributedDataParallel path on one GPU). NCCL on GPUs, gloo
+on CPU. Rank 0 alone collects, logs, checkpoints and evaluates; the others train on their
+share of each global batch.
 """
 
 from __future__ import annotations
@@ -17,11 +19,21 @@ import torch
 from dsae.device import resolve_device
 
 
+def launched_by_torchrun() -> bool:
+    """torchrun sets LOCAL_RANK and WORLD_SIZE for each process it starts; plain python sets neither."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def active() -> bool:
+    """Whether this process has joined a process group (the training step then wraps DDP)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def setup(device_name: str) -> tuple[int, int, Optional[torch.device]]:
-    """Under torchrun (WORLD_SIZE > 1): join the process group and return (rank, world size,
-    this process's device); else (0, 1, None)."""
+    """Under torchrun: join the process group and return (rank, world size, this process's
+    device); else (0, 1, None)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if not launched_by_torchrun():
         return 0, 1, None
     import torch.distributed as dist
 
@@ -33,6 +45,17 @@ def setup(device_name: str) -> tuple[int, int, Optional[torch.device]]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
+
+
+def describe(model: torch.nn.Module) -> Optional[dict[str, Any]]:
+    """What a run trains with across processes (recorded in metrics.json): None in a single
+    process; else the backend, the number of processes and of SyncBatchNorm layers."""
+    if not active():
+        return None
+    import torch.distributed as dist
+
+    sync = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    return {"backend": dist.get_backend(), "processes": dist.get_world_size(), "sync_batchnorm_layers": sync}
 
 
 def broadcast(value: Any, world: int) -> Any:

@@ -22,6 +22,7 @@ Equivalences, tested against the installed packages and a transliteration:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Optional
 
@@ -134,6 +135,18 @@ class _SoftArgmaxFn(torch.autograd.Function):
         return (attention * weight).reshape(b, c, -1), None, None
 
 
+def _float32_under_autocast(fn):
+    """Run ``fn(features, ...)`` with autocast off for the features' device: the soft-argmax
+    computes in float32 whatever autocast surrounds it (autocast would run its matmuls in bf16)."""
+
+    @functools.wraps(fn)
+    def wrapper(features: torch.Tensor, *args, **kwargs):
+        with torch.autocast(features.device.type, enabled=False):
+            return fn(features, *args, **kwargs)
+
+    return wrapper
+
+
 def _expectation(attention: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
     """(B, C, *spatial) distributions -> expected coordinates (B, C, D), last axis first."""
     nd = len(spatial)
@@ -146,6 +159,7 @@ def _expectation(attention: torch.Tensor, spatial: tuple[int, ...]) -> torch.Ten
     return torch.stack(out, dim=-1)
 
 
+@_float32_under_autocast
 def spatial_soft_argmax(
     features: torch.Tensor,
     temperature: float | torch.Tensor = 1.0,
@@ -167,6 +181,7 @@ def spatial_soft_argmax(
     return _SoftArgmaxFn.apply(logits, valid, tuple(features.shape[2:]))
 
 
+@_float32_under_autocast
 def spatial_soft_argmax_full(
     features: torch.Tensor,
     temperature: float | torch.Tensor = 1.0,

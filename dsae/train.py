@@ -161,9 +161,10 @@ class Trainer:
         if state is None:  # a resumed run loads its background with the weights
             frames = background_frames(self.dataset, self.train_eps, cfg.seed)
             self.model.set_background(torch.from_numpy(frames).to(device))
-        self.step_fn = TrainStep(self.model, cfg.train, device, distributed=world > 1)
+        self.step_fn = TrainStep(self.model, cfg.train, device, distributed=distributed.active())
         # train.amp=auto resolves by the hardware: the precision a run trained in is part of its result.
-        self.hardware = {"precision": self.step_fn.precision, "device": str(device), "device_name": device_name(device)}
+        self.hardware = {"precision": self.step_fn.precision, "device": str(device), "device_name": device_name(device),
+                         "distributed": distributed.describe(self.model)}
         # Every process draws the same global batch (same seed) and trains on its share.
         self.sampler = TripleSampler(self.dataset.frames, self.train_eps, device, seed=cfg.seed,
                                      on_device=cfg.train.data_on_device)

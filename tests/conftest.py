@@ -20,6 +20,18 @@ from dsae.config import ModelConfig  # noqa: E402
 from envs import load_scene  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: without it they are skipped, and -ra reports each one."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run `pytest -m gpu` on a machine with one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def tiny_config(tmp: Path, **train) -> Config:
     """A reacher config that trains in seconds: 32 px frames, 8 episodes, a small model."""
     return Config(

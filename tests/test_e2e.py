@@ -174,6 +174,8 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         assert ddp[step] == pytest.approx(single[step], rel=0.05), (step, ddp, single)
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == 20
+    assert metrics["distributed"] == {"backend": "gloo", "processes": 2, "sync_batchnorm_layers": 0}
+    assert json.loads((tmp_path / "single" / "metrics.json").read_text())["distributed"] is None
     assert (tmp_path / "ddp" / "checkpoints" / "last.pt").exists()
 
 

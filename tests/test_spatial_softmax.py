@@ -53,6 +53,16 @@ def test_large_logits_and_half_precision_are_finite():
         assert kp.dtype == torch.float32 and torch.isfinite(kp).all()
 
 
+def test_float32_under_bf16_autocast():
+    """Autocast would run the expectation's matmuls in bf16 (0.4% steps): the layer opts out."""
+    f = torch.randn(2, 3, 9, 9) * 3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kp = spatial_soft_argmax(f)
+        full = spatial_soft_argmax_full(f, return_covariance=True)
+    assert kp.dtype == full.keypoints.dtype == full.covariance.dtype == torch.float32
+    torch.testing.assert_close(kp, spatial_soft_argmax(f))
+
+
 def test_gradcheck_float64():
     f = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
     t = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
