@@ -49,7 +49,7 @@ def main() -> None:
             collect(env_cfg, data_cfg, Path(tmp), progress=False)
             elapsed = time.perf_counter() - start
             ds = load_dataset(tmp, verify=False)
-            frames = int(ds.frames.shape[0] * ds.frames.shape[1])
+            frames = len(ds.frames)
         rows.append({"workers": workers, "frames": frames, "seconds": elapsed, "frames_per_s": frames / elapsed})
         print(f"{args.env} workers={workers}: {frames / elapsed:7.1f} frames/s ({elapsed:.1f} s)")
     base = next(r["frames_per_s"] for r in rows if r["workers"] == 1)

@@ -54,9 +54,9 @@ def compose(model: str, episodes: int, data_dir: Path):
 class EpisodeTriples(torch.utils.data.Dataset):
     """The reference data path: (episode file, t) -> float32 (3, 3, H, W) frames t-1, t, t+1."""
 
-    def __init__(self, files: list[Path], frames_per_episode: int):
+    def __init__(self, files: list[Path], lengths: list[int]):
         self.files = files
-        self.index = [(i, t) for i in range(len(files)) for t in range(1, frames_per_episode - 1)]
+        self.index = [(i, t) for i, n in enumerate(lengths) for t in range(1, n - 1)]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -84,7 +84,7 @@ def framework_rate(cfg, dataset, device, steps: int, warmup: int, compile_: bool
     train_eps, _ = dataset.split(cfg.data.val_fraction)
     model = DeepSpatialAutoencoder(cfg.model, dataset.image_size).to(device)
     step = TrainStep(model, replace(cfg.train, compile=compile_, amp=amp or cfg.train.amp), device)
-    sampler = TripleSampler(dataset.frames, train_eps, device, seed=0, on_device=cfg.train.data_on_device)
+    sampler = TripleSampler(dataset, train_eps, device, seed=0, on_device=cfg.train.data_on_device)
     for _ in range(warmup):
         step(sampler.sample(cfg.train.batch_size))
     _sync(device)
@@ -110,7 +110,7 @@ def reference_rate(cfg, dataset, device, steps: int, warmup: int, workers: int) 
     if missing:
         raise FileNotFoundError(f"expected episode files like {missing[0]}")
     loader = torch.utils.data.DataLoader(
-        EpisodeTriples(files, dataset.frames.shape[1]), batch_size=cfg.train.batch_size, shuffle=True,
+        EpisodeTriples(files, dataset.lengths[train_eps].tolist()), batch_size=cfg.train.batch_size, shuffle=True,
         num_workers=workers, pin_memory=device.type == "cuda", drop_last=True, persistent_workers=workers > 0)
     model = DeepSpatialAutoencoder(cfg.model, dataset.image_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)

@@ -4,7 +4,7 @@ Layout of a dataset folder::
 
     manifest.json          settings, counts, and the sha256 of every episode file
     episode_00000.npz      frames  uint8 (T+1, H, W, 3)   the camera image before each step and after the last
-                           actions float32 (T, A)
+                           actions float32 (T, A)         (T may differ between episodes)
                            joint_state float32 (T+1, 2J)  joint angles then joint velocities
                            pos_<object> float64 (T+1, 3)  world positions
                            px_<object>  float64 (T+1, 2)  pixel (column, row) positions
@@ -98,28 +98,46 @@ def load_episode(path: Path) -> dict[str, np.ndarray]:
 
 @dataclass
 class Dataset:
-    """A loaded dataset: arrays stacked over episodes (N episodes of T+1 frames)."""
+    """A loaded dataset: every episode's frames one after another (episodes may differ in length).
+
+    Episode i is rows ``starts[i]:starts[i + 1]`` of every per-frame array. Objects are what a
+    source labels (none for unlabelled footage); ``camera_matrix`` is None when unknown.
+    """
 
     root: Path
     manifest: dict[str, Any]
-    frames: np.ndarray  # uint8 (N, T+1, H, W, 3)
-    actions: np.ndarray  # float32 (N, T, A)
-    joint_state: np.ndarray  # float32 (N, T+1, 2J)
-    positions: dict[str, np.ndarray]  # object -> (N, T+1, 3)
-    pixels: dict[str, np.ndarray]  # object -> (N, T+1, 2)
-    camera_matrix: np.ndarray  # (3, 4)
+    frames: np.ndarray  # uint8 (F, H, W, 3)
+    starts: np.ndarray  # int64 (N + 1,)
+    actions: np.ndarray  # float32 (F, A): the action taken at each frame; NaN at an episode's last frame
+    joint_state: np.ndarray  # float32 (F, 2J); (F, 0) when the source has none
+    positions: dict[str, np.ndarray]  # object -> (F, 3) world positions (objects the source places in 3-D)
+    pixels: dict[str, np.ndarray]  # object -> (F, 2) pixel (column, row) positions
+    camera_matrix: Optional[np.ndarray]  # (3, 4)
 
     @property
     def num_episodes(self) -> int:
-        return self.frames.shape[0]
+        return len(self.starts) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Frames per episode, (N,)."""
+        return np.diff(self.starts)
 
     @property
     def image_size(self) -> int:
-        return self.frames.shape[2]
+        return self.frames.shape[1]
 
     @property
     def objects(self) -> list[str]:
-        return list(self.positions)
+        return list(self.pixels)
+
+    def frame_indices(self, episodes: np.ndarray) -> np.ndarray:
+        """Rows of the per-frame arrays that belong to ``episodes``, in order, (sum of lengths,)."""
+        return np.concatenate([np.arange(self.starts[e], self.starts[e + 1]) for e in episodes] or [np.zeros(0, int)])
+
+    def episode(self, index: int) -> np.ndarray:
+        """One episode's frames, uint8 (T, H, W, 3)."""
+        return self.frames[self.starts[index]:self.starts[index + 1]]
 
     def split(self, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
         """Episode indices (train, held-out): the last ``val_fraction`` of episodes are held out."""
@@ -167,59 +185,79 @@ def load_dataset(root: Path | str, verify: bool = True, episodes: Optional[int] 
         loaded.append(load_episode(path))
     if not loaded:
         raise DatasetError(f"the dataset at {root} has no episodes")
-    objects = manifest["objects"]
     try:
-        return Dataset(
-            root=root,
-            manifest=manifest,
-            frames=np.stack([e["frames"] for e in loaded]),
-            actions=np.stack([e["actions"] for e in loaded]),
-            joint_state=np.stack([e[JOINT_STATE_KEY[fmt]] for e in loaded]),
-            positions={o: np.stack([e[f"pos_{o}"] for e in loaded]) for o in objects},
-            pixels={o: np.stack([e[f"px_{o}"] for e in loaded]) for o in objects},
-            camera_matrix=loaded[0]["camera_matrix"],
-        )
+        return _flatten(root, manifest, loaded, JOINT_STATE_KEY[fmt])
     except (KeyError, ValueError) as err:
         raise DatasetError(f"the episode files in {root} do not share one layout ({err}); collect the dataset again") from err
 
 
-class TripleSampler:
-    """Samples triples of consecutive frames (t-1, t, t+1) from chosen episodes.
+def _flatten(root: Path, manifest: dict[str, Any], episodes: list[dict[str, np.ndarray]], state_key: str) -> Dataset:
+    """Episode dicts (each frames (T, H, W, 3) and optional per-frame labels) -> one Dataset."""
+    lengths = [len(e["frames"]) for e in episodes]
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
-    frames: uint8 (N, T+1, H, W, 3). ``on_device=True`` keeps them on ``device`` as uint8 and
-    gathers each batch there (no host work per step); ``False`` keeps them in pinned host
-    memory and copies each gathered batch over asynchronously (for datasets larger than the
-    device). ``None`` chooses: on the device when it is the CPU, or when the frames take at
-    most half of the CUDA device's free memory. ``sample(batch)`` returns uint8
-    (batch, 3, H, W, 3) on ``device``. The generator's state is part of a checkpoint.
+    def per_frame(key: str, width: int, dtype) -> np.ndarray:
+        return np.concatenate([e[key] if key in e else np.zeros((n, width), dtype) for e, n in zip(episodes, lengths)])
+
+    def actions(e: dict[str, np.ndarray], n: int) -> np.ndarray:
+        a = np.asarray(e.get("actions", np.zeros((n - 1, 0))), dtype=np.float32)
+        return np.concatenate([a, np.full((1, a.shape[1]), np.nan, np.float32)])  # no action after the last frame
+
+    objects = manifest["objects"]
+    placed = [o for o in objects if all(f"pos_{o}" in e for e in episodes)]
+    return Dataset(
+        root=root, manifest=manifest, starts=starts,
+        frames=np.concatenate([e["frames"] for e in episodes]),
+        actions=np.concatenate([actions(e, n) for e, n in zip(episodes, lengths)]),
+        joint_state=per_frame(state_key, episodes[0].get(state_key, np.zeros((0, 0))).shape[-1], np.float32),
+        positions={o: np.concatenate([e[f"pos_{o}"] for e in episodes]) for o in placed},
+        pixels={o: np.concatenate([e[f"px_{o}"] for e in episodes]) for o in objects},
+        camera_matrix=episodes[0].get("camera_matrix"),
+    )
+
+
+class TripleSampler:
+    """Samples triples of consecutive frames (t-1, t, t+1) within chosen episodes.
+
+    Every triple that lies inside one episode is equally likely (a longer episode holds more
+    of them); an episode of fewer than 3 frames holds none. ``on_device=True`` keeps the
+    chosen episodes' uint8 frames on ``device`` and gathers each batch there (no host work per
+    step); ``False`` keeps them in pinned host memory and copies each gathered batch over
+    asynchronously (for datasets larger than the device). ``None`` chooses: on the device when
+    it is the CPU, or when the frames take at most half of the CUDA device's free memory.
+    ``sample(batch)`` returns uint8 (batch, 3, H, W, 3) on ``device``. The generator's state
+    is part of a checkpoint.
     """
 
-    def __init__(self, frames: np.ndarray, episodes: np.ndarray, device: torch.device, seed: int = 0,
+    def __init__(self, dataset: Dataset, episodes: np.ndarray, device: torch.device, seed: int = 0,
                  on_device: Optional[bool] = None):
-        if frames.shape[1] < 3:
-            raise DatasetError(f"episodes have {frames.shape[1]} frames; triples need at least 3")
+        rows = dataset.frame_indices(episodes)
+        lengths = dataset.lengths[episodes]
+        local_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, int)
+        centres = [np.arange(s + 1, s + n - 1) for s, n in zip(local_starts, lengths) if n >= 3]
+        if not centres:
+            raise DatasetError(f"{dataset.root}: no training episode has the 3 frames a triple needs")
+        self.centres = torch.from_numpy(np.concatenate(centres))
         device = torch.device(device)
-        host = torch.from_numpy(np.ascontiguousarray(frames[episodes]))
+        host = torch.from_numpy(np.ascontiguousarray(dataset.frames[rows]))
         if on_device is None:
             on_device = device.type != "cuda" or host.numel() <= 0.5 * torch.cuda.mem_get_info(device)[0]
         self.on_device = bool(on_device)
         if self.on_device:
             self.frames = host.to(device)
+            self.centres = self.centres.to(device)
         else:
             self.frames = host.pin_memory() if device.type == "cuda" else host
         self.device = device
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def sample(self, batch: int) -> torch.Tensor:
-        n, t = self.frames.shape[:2]
-        ep = torch.randint(0, n, (batch,), generator=self.generator)
-        mid = torch.randint(1, t - 1, (batch,), generator=self.generator)
+        pick = torch.randint(0, len(self.centres), (batch,), generator=self.generator)
         if not self.on_device:
-            times = mid[:, None] + torch.arange(-1, 2)
-            out = self.frames[ep[:, None], times]
+            rows = self.centres[pick][:, None] + torch.arange(-1, 2)
+            out = self.frames[rows]
             if self.device.type == "cuda":
                 out = out.pin_memory()
             return out.to(self.device, non_blocking=True)
-        ep = ep.to(self.device)
-        times = mid.to(self.device)[:, None] + torch.arange(-1, 2, device=self.device)
-        return self.frames[ep[:, None], times]
+        rows = self.centres[pick.to(self.device)][:, None] + torch.arange(-1, 2, device=self.device)
+        return self.frames[rows]

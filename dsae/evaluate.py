@@ -62,6 +62,8 @@ def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> Optional[float]:
 def linear_probe(kp_train: np.ndarray, targets_train: dict[str, np.ndarray],
                  kp_test: np.ndarray, targets_test: dict[str, np.ndarray]) -> dict[str, Optional[float]]:
     """Fit on train, score on test. kp: (N, K, 2); targets: name -> (N, M). Returns r2 and err."""
+    if not targets_train:
+        return {}
     w = fit_linear(kp_train.reshape(len(kp_train), -1), np.concatenate(list(targets_train.values()), axis=1))
     pred = apply_linear(w, kp_test.reshape(len(kp_test), -1))
     out, col = {}, 0
@@ -88,29 +90,24 @@ def probe_dataset(encoder: torch.nn.Module, dataset: Dataset, train_eps: np.ndar
                   device: torch.device, max_train_frames: int = 6000, seed: int = 0) -> dict[str, dict]:
     """Probe every object of a dataset. Returns {"probe_r2", "probe_err_px", "probe_err_m"}."""
     rng = np.random.default_rng(seed)
-    t = dataset.frames.shape[1]
-    train_idx = np.stack(np.meshgrid(train_eps, np.arange(t), indexing="ij"), -1).reshape(-1, 2)
+    train_idx, test_idx = dataset.frame_indices(train_eps), dataset.frame_indices(test_eps)
     if len(train_idx) > max_train_frames:
         train_idx = train_idx[np.sort(rng.choice(len(train_idx), max_train_frames, replace=False))]
-    test_idx = np.stack(np.meshgrid(test_eps, np.arange(t), indexing="ij"), -1).reshape(-1, 2)
-    kp_train = encode_frames(encoder, dataset.frames[train_idx[:, 0], train_idx[:, 1]], device)
-    kp_test = encode_frames(encoder, dataset.frames[test_idx[:, 0], test_idx[:, 1]], device)
-
-    def gather(arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-        return {o: a[idx[:, 0], idx[:, 1]] for o, a in arrays.items()}
-
-    px = linear_probe(kp_train, gather(dataset.pixels, train_idx), kp_test, gather(dataset.pixels, test_idx))
-    world = linear_probe(kp_train, gather(dataset.positions, train_idx), kp_test, gather(dataset.positions, test_idx))
+    kp_train = encode_frames(encoder, dataset.frames[train_idx], device)
+    kp_test = encode_frames(encoder, dataset.frames[test_idx], device)
+    px = linear_probe(kp_train, {o: a[train_idx] for o, a in dataset.pixels.items()},
+                      kp_test, {o: a[test_idx] for o, a in dataset.pixels.items()})
+    world = linear_probe(kp_train, {o: a[train_idx] for o, a in dataset.positions.items()},
+                         kp_test, {o: a[test_idx] for o, a in dataset.positions.items()})
     objects = dataset.objects
     size = dataset.image_size
     kp_train_px, kp_test_px = (to_pixels(torch.from_numpy(k), size, size).numpy() for k in (kp_train, kp_test))
-    best = {o: best_keypoint(kp_train_px, dataset.pixels[o][train_idx[:, 0], train_idx[:, 1]],
-                             kp_test_px, dataset.pixels[o][test_idx[:, 0], test_idx[:, 1]])
+    best = {o: best_keypoint(kp_train_px, dataset.pixels[o][train_idx], kp_test_px, dataset.pixels[o][test_idx])
             for o in objects}
     return {
         "probe_r2": {o: px[f"r2_{o}"] for o in objects},
         "probe_err_px": {o: px[f"err_{o}"] for o in objects},
-        "probe_err_m": {o: world[f"err_{o}"] for o in objects},
+        "probe_err_m": {o: world.get(f"err_{o}") for o in objects},
         "keypoint_err_px": {o: best[o][1] for o in objects},
         "keypoint_index": {o: best[o][0] for o in objects},
     }
@@ -152,7 +149,7 @@ def evaluate_checkpoint(path: Optional[str], run_dir: str | Path, device: Option
     metrics = {
         **probe_dataset(model.encoder, dataset, train_eps, val_eps, dev,
                         max_train_frames or cfg.train.probe_frames, cfg.seed),
-        "recon_mse": reconstruction_mse(model, dataset.frames[val_eps].reshape(-1, *dataset.frames.shape[2:]), dev),
+        "recon_mse": reconstruction_mse(model, dataset.frames[dataset.frame_indices(val_eps)], dev),
         "steps": state["step"],
         "checkpoint": state["path"],
         "dataset": str(dataset.root),

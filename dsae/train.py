@@ -66,9 +66,9 @@ def ensure_dataset(cfg: Config) -> Dataset:
 def background_frames(dataset: Dataset, episodes: np.ndarray, seed: int, count: int = 1000) -> np.ndarray:
     """Up to ``count`` training frames spread over the episodes, uint8 (n, H, W, 3): what the
     scene's static image (their per-pixel median) is estimated from."""
-    frames = dataset.frames[episodes].reshape(-1, *dataset.frames.shape[2:])
-    pick = np.random.default_rng(seed).choice(len(frames), min(count, len(frames)), replace=False)
-    return frames[np.sort(pick)]
+    rows = dataset.frame_indices(episodes)
+    pick = np.random.default_rng(seed).choice(len(rows), min(count, len(rows)), replace=False)
+    return dataset.frames[rows[np.sort(pick)]]
 
 
 def _lr_lambda(schedule: str, total: int):
@@ -166,7 +166,7 @@ class Trainer:
         self.hardware = {"precision": self.step_fn.precision, "device": str(device), "device_name": device_name(device),
                          "distributed": distributed.describe(self.model)}
         # Every process draws the same global batch (same seed) and trains on its share.
-        self.sampler = TripleSampler(self.dataset.frames, self.train_eps, device, seed=cfg.seed,
+        self.sampler = TripleSampler(self.dataset, self.train_eps, device, seed=cfg.seed,
                                      on_device=cfg.train.data_on_device)
         self.share = slice(rank * cfg.train.batch_size // world, (rank + 1) * cfg.train.batch_size // world)
         self.step, self.elapsed, self.images_seen, self.train_time, wandb_id = 0, 0.0, 0, 0.0, None
@@ -175,7 +175,7 @@ class Trainer:
         self.logger = Logger(cfg.logger if self.lead else LoggerConfig(backend="none", mode="disabled"),
                              run_dir, to_dict(cfg), name=run_dir.name, resume_id=wandb_id, write_files=self.lead,
                              resume_step=self.step if state is not None else None)
-        self.val_frames = self.dataset.frames[self.val_eps].reshape(-1, *self.dataset.frames.shape[2:])
+        self.val_frames = self.dataset.frames[self.dataset.frame_indices(self.val_eps)]
         pick = np.random.default_rng(cfg.seed).choice(len(self.val_frames), min(1024, len(self.val_frames)), replace=False)
         self.val_subset = self.val_frames[np.sort(pick)]
         shown = np.linspace(0, len(self.val_frames) - 1, 8).astype(int)

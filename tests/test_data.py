@@ -2,23 +2,28 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dsae.data import MANIFEST, DatasetError, TripleSampler, load_dataset
+from dsae.data import MANIFEST, Dataset, DatasetError, TripleSampler, load_dataset
 
 
 def test_load_tiny_dataset(tiny_dataset):
     cfg, root = tiny_dataset
     ds = load_dataset(root)
     t = cfg.env.max_episode_steps
-    assert ds.frames.shape == (8, t + 1, 32, 32, 3) and ds.frames.dtype == np.uint8
-    assert ds.actions.shape == (8, t, 2)
-    assert ds.joint_state.shape == (8, t + 1, 4)
-    assert ds.objects == ["fingertip", "target"]
-    assert ds.pixels["target"].shape == (8, t + 1, 2)
+    assert ds.frames.shape == (8 * (t + 1), 32, 32, 3) and ds.frames.dtype == np.uint8
+    assert list(ds.starts) == list(range(0, 8 * (t + 1) + 1, t + 1)) and list(ds.lengths) == [t + 1] * 8
+    assert ds.actions.shape == (8 * (t + 1), 2)
+    last = ds.starts[1:] - 1
+    assert np.isnan(ds.actions[last]).all() and not np.isnan(np.delete(ds.actions, last, axis=0)).any()
+    assert ds.joint_state.shape == (8 * (t + 1), 4)
+    assert ds.objects == ["fingertip", "target"] and set(ds.positions) == {"fingertip", "target"}
+    assert ds.pixels["target"].shape == (8 * (t + 1), 2)
+    np.testing.assert_array_equal(ds.episode(2), ds.frames[2 * (t + 1):3 * (t + 1)])
     train, val = ds.split(0.25)
     assert list(train) == list(range(6)) and list(val) == [6, 7]
 
@@ -33,7 +38,8 @@ def test_a_run_uses_exactly_the_episodes_it_asks_for(tiny_dataset):
     fewer = replace(cfg, data=replace(cfg.data, episodes=5))
     ds = ensure_dataset(fewer)
     assert ds.num_episodes == 5
-    np.testing.assert_array_equal(ds.frames, load_dataset(root).frames[:5])
+    np.testing.assert_array_equal(ds.frames, load_dataset(root).frames[:ds.starts[-1]])
+    assert ds.num_episodes == 5 and ds.starts[-1] == 5 * (cfg.env.max_episode_steps + 1)
     with pytest.raises(DatasetError, match="holds 8 episodes, fewer than the 9 asked for.*data.episodes=9"):
         load_dataset(root, episodes=9)
 
@@ -81,23 +87,32 @@ def test_unfinished_dataset_says_resume(copy_of):
         load_dataset(copy_of)
 
 
-def test_triples_are_consecutive_frames():
-    n, t = 3, 10
-    frames = np.zeros((n, t, 2, 2, 3), dtype=np.uint8)
-    for e in range(n):
-        for s in range(t):
-            frames[e, s] = e * 20 + s  # encodes (episode, time)
-    sampler = TripleSampler(frames, np.array([0, 2]), torch.device("cpu"), seed=0)
-    batch = sampler.sample(64)
-    assert batch.shape == (64, 3, 2, 2, 3)
+def synthetic(lengths: list[int], size: int = 2) -> Dataset:
+    """A dataset in memory whose frame i of episode e has every value e * 20 + i."""
+    frames = np.concatenate([np.full((n, size, size, 3), e * 20 + np.arange(n)[:, None, None, None], np.uint8)
+                             for e, n in enumerate(lengths)])
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    f = len(frames)
+    return Dataset(Path("synthetic"), {}, frames, starts, np.zeros((f, 0), np.float32), np.zeros((f, 0), np.float32),
+                   {}, {}, None)
+
+
+def test_triples_are_consecutive_frames_of_one_episode():
+    ds = synthetic([10, 3, 7, 2])  # episodes of different lengths; the last holds no triple
+    sampler = TripleSampler(ds, np.array([0, 1, 3]), torch.device("cpu"), seed=0)
+    batch = sampler.sample(256)
+    assert batch.shape == (256, 3, 2, 2, 3)
     values = batch[:, :, 0, 0, 0].long()
     assert ((values[:, 1] - values[:, 0]) == 1).all() and ((values[:, 2] - values[:, 1]) == 1).all()
-    assert set((values[:, 0] // 20).tolist()) <= {0, 2}, "only the chosen episodes"
+    episodes = (values[:, 0] // 20).tolist()
+    assert set(episodes) == {0, 1}, "only the chosen episodes, never across an episode's end"
+    assert 0.75 < episodes.count(0) / 256 < 0.97, "each triple equally likely: 8 in episode 0, 1 in episode 1"
+    with pytest.raises(DatasetError, match="3 frames a triple needs"):
+        TripleSampler(ds, np.array([3]), torch.device("cpu"))
 
 
 def test_sampler_is_reproducible_from_its_state():
-    frames = np.random.default_rng(0).integers(0, 255, (4, 8, 2, 2, 3), dtype=np.uint8)
-    s = TripleSampler(frames, np.arange(4), torch.device("cpu"), seed=1)
+    s = TripleSampler(synthetic([8, 8, 5, 8]), np.arange(4), torch.device("cpu"), seed=1)
     s.sample(5)
     state = s.generator.get_state()
     a = s.sample(5)
@@ -106,9 +121,9 @@ def test_sampler_is_reproducible_from_its_state():
 
 
 def test_host_and_device_paths_sample_the_same_batches():
-    frames = np.random.default_rng(0).integers(0, 255, (5, 9, 4, 4, 3), dtype=np.uint8)
-    on = TripleSampler(frames, np.arange(5), torch.device("cpu"), seed=3, on_device=True)
-    off = TripleSampler(frames, np.arange(5), torch.device("cpu"), seed=3, on_device=False)
+    ds = synthetic([9, 4, 9, 6, 9], size=4)
+    on = TripleSampler(ds, np.arange(5), torch.device("cpu"), seed=3, on_device=True)
+    off = TripleSampler(ds, np.arange(5), torch.device("cpu"), seed=3, on_device=False)
     assert on.on_device and not off.on_device
     for _ in range(3):
         torch.testing.assert_close(on.sample(16), off.sample(16))

@@ -40,8 +40,7 @@ def test_probe_on_a_dataset_with_an_oracle_encoder(tiny_dataset):
 
     cfg, root = tiny_dataset
     ds = load_dataset(root)
-    lookup = {ds.frames[e, t].tobytes(): np.stack([ds.pixels[o][e, t] for o in ds.objects])
-              for e in range(ds.num_episodes) for t in range(ds.frames.shape[1])}
+    lookup = {ds.frames[i].tobytes(): np.stack([ds.pixels[o][i] for o in ds.objects]) for i in range(len(ds.frames))}
 
     class Oracle(torch.nn.Module):
         def forward(self, images):

@@ -53,8 +53,7 @@ def test_bf16_autocast_and_channels_last_train_on_cuda(tmp_path, tiny_dataset):
     assert step.channels_last
     conv = model.encoder.features[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    frames = load_dataset(tiny_dataset[1]).frames
-    sampler = TripleSampler(frames, np.arange(6), CUDA, seed=0)
+    sampler = TripleSampler(load_dataset(tiny_dataset[1]), np.arange(6), CUDA, seed=0)
     losses = [float(step(sampler.sample(16))["loss"]) for _ in range(60)]
     assert all(np.isfinite(losses)) and np.mean(losses[-10:]) < np.mean(losses[:10])
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -65,11 +64,11 @@ def test_bf16_autocast_and_channels_last_train_on_cuda(tmp_path, tiny_dataset):
 def test_device_resident_and_pinned_samplers_draw_the_same_batches(tiny_dataset):
     from dsae.data import TripleSampler, load_dataset
 
-    frames = load_dataset(tiny_dataset[1]).frames
+    dataset = load_dataset(tiny_dataset[1])
     episodes = np.arange(6)
-    resident = TripleSampler(frames, episodes, CUDA, seed=3)  # None: fits, so on the device
-    pinned = TripleSampler(frames, episodes, CUDA, seed=3, on_device=False)
-    cpu = TripleSampler(frames, episodes, torch.device("cpu"), seed=3)
+    resident = TripleSampler(dataset, episodes, CUDA, seed=3)  # None: fits, so on the device
+    pinned = TripleSampler(dataset, episodes, CUDA, seed=3, on_device=False)
+    cpu = TripleSampler(dataset, episodes, torch.device("cpu"), seed=3)
     assert resident.on_device and resident.frames.device.type == "cuda"
     assert not pinned.on_device and pinned.frames.is_pinned()
     for _ in range(3):
@@ -82,12 +81,12 @@ def test_compiled_step_matches_eager_on_cuda(tmp_path, tiny_dataset):
     from dsae.data import TripleSampler, load_dataset
     from dsae.train import TrainStep
 
-    frames = load_dataset(tiny_dataset[1]).frames
+    dataset = load_dataset(tiny_dataset[1])
     losses = {}
     for compiled in (False, True):
         cfg, model = tiny_cuda_model(tmp_path)
         step = TrainStep(model, replace(cfg.train, compile=compiled, amp="none"), CUDA)
-        sampler = TripleSampler(frames, np.arange(6), CUDA, seed=0)
+        sampler = TripleSampler(dataset, np.arange(6), CUDA, seed=0)
         losses[compiled] = [float(step(sampler.sample(16))["loss"]) for _ in range(5)]
     assert losses[True] == pytest.approx(losses[False], rel=1e-3), losses
 

@@ -117,6 +117,6 @@ def test_a_transport_decoder_run_trains_probes_and_films(tiny_dataset, tmp_path)
     metrics = run_training(cfg, tmp_path / "run", progress=False)
     assert set(metrics["keypoint_err_px"]) == {"fingertip", "target"} and metrics["recon_mse"] > 0
     model, _ = load_model(tmp_path / "run", "cpu")
-    frames = load_dataset(root).frames[0]
+    frames = load_dataset(root).episode(0)
     tracks = track_episode(model, frames, VisConfig(), torch.device("cpu"))
     assert tracks["recon"].shape == (len(frames), 16, 16)
