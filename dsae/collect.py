@@ -23,10 +23,9 @@ from dsae.data import (
     FORMAT_VERSION,
     DatasetError,
     episode_name,
-    load_episode,
+    existing_episodes,
     read_manifest,
     save_episode,
-    sha256,
     write_manifest,
 )
 from dsae.errors import ConfigError
@@ -132,25 +131,6 @@ def _make_vector_env(env_cfg: EnvConfig, workers: int):
     return gym.vector.AsyncVectorEnv(fns, shared_memory=False, context="spawn", autoreset_mode=mode)
 
 
-def _existing_episodes(root: Path, manifest: dict | None) -> dict[str, str]:
-    """Episode files already written and intact: those in the manifest whose checksum matches,
-    plus any written after the last manifest update that still load."""
-    files: dict[str, str] = {}
-    listed = manifest.get("files", {}) if manifest else {}
-    for path in sorted(root.glob("episode_*.npz")):
-        digest = sha256(path)
-        if listed.get(path.name) == digest:
-            files[path.name] = digest
-            continue
-        try:
-            load_episode(path)
-        except DatasetError:
-            path.unlink()  # a torn or corrupt file: collect it again
-            continue
-        files[path.name] = digest
-    return files
-
-
 def collect(env_cfg: EnvConfig, data_cfg: DataConfig, root: Path | str | None = None,
             progress: bool = True) -> Path:
     """Collect (or finish collecting) a dataset; returns its folder."""
@@ -179,7 +159,7 @@ def collect(env_cfg: EnvConfig, data_cfg: DataConfig, root: Path | str | None = 
     probe.close()
     root.mkdir(parents=True, exist_ok=True)
 
-    files = _existing_episodes(root, manifest)
+    files = existing_episodes(root, manifest)
     todo = [i for i in range(data_cfg.episodes) if episode_name(i) not in files]
     base = {"settings": settings, "objects": objects, "image_size": int(frame.shape[0])}
 

@@ -44,6 +44,7 @@ def default_scene() -> EnvConfig:
 
 PADDINGS = ("valid", "same")
 NORMS = ("none", "batch", "group")
+DATA_SOURCES = ("collect", "videos", "hdf5")
 DECODERS = ("gaussian", "fc", "transport")
 
 
@@ -90,17 +91,30 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where the dataset lives and how it is collected."""
+    """Where the dataset comes from and lives (``data=collect|videos|hdf5``)."""
 
-    dir: Optional[str] = None  # None: data/<env>-<size>px-<hash of the settings below and env/>
-    episodes: int = 400  # exactly this many episodes are used (collected when the folder holds fewer)
-    workers: int = 2  # parallel env processes (gymnasium AsyncVectorEnv); 1 = in-process
-    seed: int = 0  # episode i starts from seed + i
-    policy: str = "pd"  # pd: PD control to random joint targets; random: uniform actions
+    source: str = "collect"  # collect: run the scene; videos: a folder of video files; hdf5: robomimic's layout
+    path: Optional[str] = None  # videos, hdf5: the recording (a folder of videos, or an HDF5 file)
+    dir: Optional[str] = None  # None: data/<env>-<size>px-<hash> (collect) or data/<source>-<name>-<size>px-<hash>
+    episodes: Optional[int] = 400  # exactly this many episodes are used (collected when fewer); None: all (imports only)
+    workers: int = 2  # collect: parallel env processes (gymnasium AsyncVectorEnv); 1 = in-process
+    seed: int = 0  # collect: episode i starts from seed + i
+    policy: str = "pd"  # collect: pd (PD control to random joint targets) or random (uniform actions)
     val_fraction: float = 0.1  # the last episodes, held out for evaluation
+    crop: bool = True  # videos, hdf5: centre-crop frames to a square before resizing (false: stretch them)
+    camera: str = "agentview"  # hdf5: frames from data/demo_<i>/obs/<camera>_image
+    action_key: str = "actions"  # hdf5: the actions of each demo (data/demo_<i>/<action_key>)
+    state_keys: list[str] = field(default_factory=list)  # hdf5: obs keys concatenated into the robot state
+    labels: dict[str, str] = field(default_factory=dict)  # hdf5: object -> obs key of its (T, 2) pixel positions
 
     def __post_init__(self) -> None:
-        check_at_least(self, "data", 2, "episodes")  # train and held-out
+        check_choice(self.source, "data.source", DATA_SOURCES)
+        if self.source == "collect" and self.episodes is None:
+            raise ConfigError("data.episodes=null (all) is for imported recordings; collecting needs a number")
+        if self.source != "collect" and not self.path:
+            raise ConfigError(f"data.source={self.source} needs data.path=PATH (the recording to import)")
+        if self.episodes is not None:
+            check_at_least(self, "data", 2, "episodes")  # train and held-out
         check_at_least(self, "data", 1, "workers")
         check_choice(self.policy, "data.policy", ("pd", "random"))
         if not 0 < self.val_fraction < 1:
@@ -191,6 +205,7 @@ class Config:
     checkpoint: Optional[str] = None  # evaluate.py / visualize.py: the checkpoint (or run folder)
     episodes: int = 3  # visualize.py: fresh episodes to film
     policy: Optional[str] = None  # visualize.py: a scripts/train_rl.py run whose agent acts (default: random actions)
+    video: Optional[str] = None  # visualize.py: film the keypoints over this video file instead of fresh rollouts
     vis: VisConfig = field(default_factory=VisConfig)
 
     def __post_init__(self) -> None:

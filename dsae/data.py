@@ -96,6 +96,25 @@ def load_episode(path: Path) -> dict[str, np.ndarray]:
         raise DatasetError(f"episode file {path} is corrupt ({err}); delete it and run collect again to replace it") from err
 
 
+def existing_episodes(root: Path, manifest: dict | None) -> dict[str, str]:
+    """Episode files already written and intact: those in the manifest whose checksum matches,
+    plus any written after the last manifest update that still load."""
+    files: dict[str, str] = {}
+    listed = manifest.get("files", {}) if manifest else {}
+    for path in sorted(root.glob("episode_*.npz")):
+        digest = sha256(path)
+        if listed.get(path.name) == digest:
+            files[path.name] = digest
+            continue
+        try:
+            load_episode(path)
+        except DatasetError:
+            path.unlink()  # a torn or corrupt file: write it again
+            continue
+        files[path.name] = digest
+    return files
+
+
 @dataclass
 class Dataset:
     """A loaded dataset: every episode's frames one after another (episodes may differ in length).

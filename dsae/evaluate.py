@@ -17,7 +17,7 @@ user sees in the videos.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -37,6 +37,34 @@ def encode_frames(encoder: torch.nn.Module, frames: np.ndarray, device: torch.de
         chunk = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch])).to(device)
         out.append(encoder(chunk).double().cpu().numpy())
     return np.concatenate(out)
+
+
+@torch.no_grad()
+def keypoint_statistics(encoder: torch.nn.Module, dataset: Dataset, episodes: np.ndarray, device: torch.device,
+                        moving_px: float = 1.0) -> dict[str, Any]:
+    """Figures that need no labels, over the frames of ``episodes`` (held-out):
+
+    ``presence_mean`` (K,): each keypoint's mean softmax mass near its peak (1: a sharp, present
+    feature); ``jitter_px``: mean over keypoints and frames of |k(t+1) - 2 k(t) + k(t-1)|, the
+    frame-to-frame acceleration in pixels (0 for keypoints that move smoothly or not at all);
+    ``moving_keypoints``: how many keypoints' positions vary by more than ``moving_px`` pixels
+    (standard deviation over the frames, either axis).
+    """
+    encoder.eval()
+    size, presence, tracks = dataset.image_size, [], []
+    for e in episodes:
+        frames, track = dataset.episode(e), []
+        for start in range(0, len(frames), 256):
+            chunk = torch.from_numpy(np.ascontiguousarray(frames[start:start + 256])).to(device)
+            result = encoder(chunk, return_presence=True)
+            presence.append(result.presence.double().cpu().numpy())
+            track.append(to_pixels(result.keypoints.double().cpu(), size, size).numpy())
+        tracks.append(np.concatenate(track))
+    accel = [np.linalg.norm(t[2:] - 2 * t[1:-1] + t[:-2], axis=-1) for t in tracks if len(t) >= 3]
+    spread = np.concatenate(tracks).std(axis=0).max(axis=-1)  # (K,)
+    return {"presence_mean": np.concatenate(presence).mean(axis=0).round(4).tolist(),
+            "jitter_px": float(np.concatenate(accel).mean()) if accel else None,
+            "moving_keypoints": int((spread > moving_px).sum())}
 
 
 def fit_linear(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
@@ -88,7 +116,8 @@ def best_keypoint(kp_train: np.ndarray, px_train: np.ndarray, kp_test: np.ndarra
 
 def probe_dataset(encoder: torch.nn.Module, dataset: Dataset, train_eps: np.ndarray, test_eps: np.ndarray,
                   device: torch.device, max_train_frames: int = 6000, seed: int = 0) -> dict[str, dict]:
-    """Probe every object of a dataset. Returns {"probe_r2", "probe_err_px", "probe_err_m"}."""
+    """Probe every labelled object of a dataset (none for unlabelled footage). Returns
+    {"probe_r2", "probe_err_px", "probe_err_m", "keypoint_err_px", "keypoint_index"} per object."""
     rng = np.random.default_rng(seed)
     train_idx, test_idx = dataset.frame_indices(train_eps), dataset.frame_indices(test_eps)
     if len(train_idx) > max_train_frames:
@@ -149,6 +178,7 @@ def evaluate_checkpoint(path: Optional[str], run_dir: str | Path, device: Option
     metrics = {
         **probe_dataset(model.encoder, dataset, train_eps, val_eps, dev,
                         max_train_frames or cfg.train.probe_frames, cfg.seed),
+        "keypoints": keypoint_statistics(model.encoder, dataset, val_eps, dev),
         "recon_mse": reconstruction_mse(model, dataset.frames[dataset.frame_indices(val_eps)], dev),
         "steps": state["step"],
         "checkpoint": state["path"],

@@ -43,19 +43,27 @@ from dsae.data import Dataset, TripleSampler, load_dataset, read_manifest
 from dsae.device import cpu_has_native_bf16, device_name, resolve_device
 from dsae.draw import grid_image, overlay_keypoints, reconstruction_panel
 from dsae.errors import ConfigError
-from dsae.evaluate import probe_dataset, reconstruction_mse
+from dsae.evaluate import keypoint_statistics, probe_dataset, reconstruction_mse
 from dsae.logger import Logger
+from dsae.sources import default_import_dir, import_recording
 from dsae.model import DeepSpatialAutoencoder, gray_target
 
 
 def dataset_dir(cfg: Config) -> Path:
-    return Path(cfg.data.dir) if cfg.data.dir else default_dataset_dir(cfg.env, cfg.data)
+    if cfg.data.dir:
+        return Path(cfg.data.dir)
+    if cfg.data.source == "collect":
+        return default_dataset_dir(cfg.env, cfg.data)
+    return default_import_dir(cfg.data, cfg.env.image_size)
 
 
 def ensure_dataset(cfg: Config) -> Dataset:
-    """Load exactly ``data.episodes`` episodes of the configured dataset, collecting (or
-    extending) it first when needed."""
+    """Load exactly ``data.episodes`` episodes (None: all) of the configured dataset, collecting
+    (or extending) it, or importing the recording, first when needed."""
     root = dataset_dir(cfg)
+    if cfg.data.source != "collect":
+        import_recording(cfg.data, cfg.env.image_size, root)
+        return load_dataset(root, episodes=cfg.data.episodes)
     manifest = read_manifest(root)
     if manifest is None or not manifest.get("complete") or manifest.get("episodes", 0) < cfg.data.episodes:
         print(f"[dsae] collecting {cfg.data.episodes} {cfg.env.name} episodes into {root}")
@@ -277,6 +285,7 @@ class Trainer:
         metrics = {
             **probe_dataset(self.model.encoder, dataset, self.train_eps, self.val_eps, self.device,
                             cfg.train.probe_frames, cfg.seed),
+            "keypoints": keypoint_statistics(self.model.encoder, dataset, self.val_eps, self.device),
             "recon_mse": reconstruction_mse(self.model, self.val_frames, self.device),
             "steps": self.step, "train_images_per_s": self.images_seen / max(self.train_time, 1e-9),
             "wall_s": self.wall(), "checkpoint": str(self.run_dir / CHECKPOINT), "dataset": str(dataset.root),

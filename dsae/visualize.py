@@ -1,7 +1,8 @@
 """Watch a trained model: rollout videos with tracked keypoints, contact sheets, temperature panels.
 
 ``visualize(checkpoint, out_dir, vis_cfg, episodes)`` rolls out fresh episodes of the
-checkpoint's env (random actions, or a trained agent's with ``policy=``), and writes per episode ``episode_<i>.mp4``: side by side,
+checkpoint's env (random actions, or a trained agent's with ``policy=``), or reads a recorded
+``video=`` file (resized as an import would), and writes per episode ``episode_<i>.mp4``: side by side,
 the camera frame with keypoints (fixed colours, trails; raw dots and Kalman-filtered rings;
 pruned keypoints dimmed; ground truth as white crosses), the decoder's reconstruction from
 the keypoints, and the per-keypoint attention maps (each scaled to [0, 1]). Also
@@ -199,13 +200,28 @@ def film_episode(ep: dict, tracks: dict, cfg: VisConfig, out_dir: Path, index: i
     return path, sheet_path, sheet, len(video)
 
 
+def _episodes(env, agent, cfg: VisConfig, episodes: int, video: Optional[str], image_size: int, crop: bool):
+    """The episodes to film: fresh rollouts, or the one recorded ``video`` (its frames resized as
+    an import would, its labels file's positions as ground truth)."""
+    if video is None:
+        for e in range(episodes):
+            yield rollout(env, cfg.seed + e, None if agent is None else agent.act)
+        return
+    from dsae.sources import video_episode
+
+    recorded = video_episode(Path(video), image_size, crop)
+    yield {"frames": recorded["frames"], "return": None,
+           "pixels": {k[3:]: v for k, v in recorded.items() if k.startswith("px_")}}
+
+
 def visualize(checkpoint: Optional[str], out_dir: Path | str, cfg: VisConfig, episodes: int = 3,
               device: Optional[str] = "auto", env_name: Optional[str] = None, logger=None,
-              progress: bool = True, policy: Optional[str] = None) -> dict:
+              progress: bool = True, policy: Optional[str] = None, video: Optional[str] = None) -> dict:
     """Write videos, contact sheets, a temperature panel and tracking.json into ``out_dir``.
 
     With ``policy`` (a scripts/train_rl.py run), the trained agent acts instead of random actions,
-    and ``checkpoint`` defaults to the encoder that agent sees (obs=keypoints).
+    and ``checkpoint`` defaults to the encoder that agent sees (obs=keypoints). With ``video``
+    (a video file), the keypoints are filmed over that recording instead of rollouts.
     """
     from dsae.device import resolve_device
     from envs import make_env
@@ -214,13 +230,13 @@ def visualize(checkpoint: Optional[str], out_dir: Path | str, cfg: VisConfig, ep
         raise ConfigError(f"episodes must be >= 1, got {episodes}")
     model, state, train_cfg, agent = _load_sources(checkpoint, policy, device, env_name)
     dev = resolve_device(device)
-    env = make_env(train_cfg.env) if agent is None else agent.make_env()
+    env = None if video else make_env(train_cfg.env) if agent is None else agent.make_env()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"checkpoint": state["path"], "env": train_cfg.env.name, "policy": policy, "episodes": []}
+    summary: dict = {"checkpoint": state["path"], "env": train_cfg.env.name, "policy": policy, "video": video,
+                     "episodes": []}
     all_tracks, all_pixels = [], []
-    for e in range(episodes):
-        ep = rollout(env, cfg.seed + e, None if agent is None else agent.act)
+    for e, ep in enumerate(_episodes(env, agent, cfg, episodes, video, state["image_size"], train_cfg.data.crop)):
         tracks = track_episode(model, ep["frames"], cfg, dev)
         path, sheet_path, sheet, frames = film_episode(ep, tracks, cfg, out_dir, e, progress)
         all_tracks.append(tracks)
@@ -238,5 +254,6 @@ def visualize(checkpoint: Optional[str], out_dir: Path | str, cfg: VisConfig, ep
         np.concatenate([t["keypoints"] for t in all_tracks]), np.concatenate([t["filtered"] for t in all_tracks]),
         {o: np.concatenate([p[o] for p in all_pixels]) for o in all_pixels[0]}, state["image_size"])
     (out_dir / "tracking.json").write_text(json.dumps(summary, indent=2))
-    env.close()
+    if env is not None:
+        env.close()
     return summary

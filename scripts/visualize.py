@@ -1,4 +1,5 @@
-"""Film a trained model: `python scripts/visualize.py checkpoint=PATH env=reacher episodes=3`.
+"""Film a trained model: `python scripts/visualize.py checkpoint=PATH env=reacher episodes=3`,
+or over a recording: `python scripts/visualize.py checkpoint=PATH video=clip.mp4`.
 
 Rolls out fresh episodes with random actions (or a trained agent's: policy=PATH, a run of
 scripts/train_rl.py; checkpoint then defaults to the encoder it sees) and writes, into this command's run folder,
@@ -35,7 +36,7 @@ def main(cfg) -> None:
     logger = Logger(config.logger, run_dir, to_dict(config), name=f"visualize-{run_dir.name}")
     try:
         summary = visualize(config.checkpoint, run_dir, config.vis, config.episodes, config.device,
-                            env_name=env_name, logger=logger, policy=config.policy)
+                            env_name=env_name, logger=logger, policy=config.policy, video=config.video)
     finally:
         logger.close()
     print(json.dumps(summary["objects"], indent=2))

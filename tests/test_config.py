@@ -58,7 +58,8 @@ from dsae.errors import ConfigError  # noqa: E402
 from dsae.rl.config import RLRunConfig, SACConfig  # noqa: E402
 from envs import EnvConfig, load_scene  # noqa: E402
 
-GROUP_SCHEMAS = {"model": ModelConfig, "train": TrainConfig, "rl": SACConfig, "logger": LoggerConfig, "env": EnvConfig}
+GROUP_SCHEMAS = {"model": ModelConfig, "train": TrainConfig, "rl": SACConfig, "logger": LoggerConfig, "env": EnvConfig,
+                 "data": DataConfig}
 TOP_SCHEMAS = {"config.yaml": Config, "train_rl.yaml": RLRunConfig}
 
 
