@@ -101,6 +101,7 @@ class DataConfig:
     seed: int = 0  # collect: episode i starts from seed + i
     policy: str = "pd"  # collect: pd (PD control to random joint targets) or random (uniform actions)
     val_fraction: float = 0.1  # the last episodes, held out for evaluation
+    in_memory: Optional[bool] = None  # frames read into memory; false: memory-mapped, read as needed; None: when they fit in half the free memory
     crop: bool = True  # videos, hdf5: centre-crop frames to a square before resizing (false: stretch them)
     camera: str = "agentview"  # hdf5: frames from data/demo_<i>/obs/<camera>_image
     action_key: str = "actions"  # hdf5: the actions of each demo (data/demo_<i>/<action_key>)

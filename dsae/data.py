@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from dsae.errors import UserError
+from dsae.frames import CompressedArray, FrameFileError, MappedFrames, map_npz_array
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2  # 2: the robot state is stored as joint_state (format 1 called it proprio)
@@ -88,10 +89,11 @@ def read_manifest(root: Path) -> Optional[dict[str, Any]]:
         raise DatasetError(f"{path} is not valid JSON ({err}); delete the folder {root} and collect again") from err
 
 
-def load_episode(path: Path) -> dict[str, np.ndarray]:
+def load_episode(path: Path, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """An episode file's arrays (all but ``skip``), read whole."""
     try:
         with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files if k not in skip}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DatasetError(f"episode file {path} is corrupt ({err}); delete it and run collect again to replace it") from err
 
@@ -125,7 +127,7 @@ class Dataset:
 
     root: Path
     manifest: dict[str, Any]
-    frames: np.ndarray  # uint8 (F, H, W, 3)
+    frames: np.ndarray  # uint8 (F, H, W, 3), in memory, or a MappedFrames read from the files as needed
     starts: np.ndarray  # int64 (N + 1,)
     actions: np.ndarray  # float32 (F, A): the action taken at each frame; NaN at an episode's last frame
     joint_state: np.ndarray  # float32 (F, 2J); (F, 0) when the source has none
@@ -167,13 +169,16 @@ class Dataset:
         return idx[:-n_val], idx[-n_val:]
 
 
-def load_dataset(root: Path | str, verify: bool = True, episodes: Optional[int] = None) -> Dataset:
+def load_dataset(root: Path | str, verify: bool = True, episodes: Optional[int] = None,
+                 in_memory: Optional[bool] = None) -> Dataset:
     """Load a complete dataset, checking every file against the manifest.
 
     ``episodes``: load exactly the first this many episodes (a run uses what it asks for,
-    even from a folder collected for more); None loads all. Raises DatasetError naming the
-    folder or file when the manifest is missing, the collection is unfinished, it holds
-    fewer episodes than asked for, or a file is missing or corrupt.
+    even from a folder collected for more); None loads all. ``in_memory``: read the frames into
+    memory (True) or leave them memory-mapped in their files, read as needed (False,
+    :class:`dsae.frames.MappedFrames`); None: in memory when they take at most half the memory
+    available. Raises DatasetError naming the folder or file when the manifest is missing, the
+    collection is unfinished, it holds fewer episodes than asked for, or a file is missing or corrupt.
     """
     root = Path(root)
     manifest = read_manifest(root)
@@ -194,25 +199,46 @@ def load_dataset(root: Path | str, verify: bool = True, episodes: Optional[int] 
             raise DatasetError(f"the dataset at {root} holds {len(names)} episodes, fewer than the {episodes} asked for: "
                                f"run collect with data.episodes={episodes} to extend it")
         names = names[:episodes]
-    loaded = []
+    loaded, maps = [], []
     for name in names:
         path = root / name
         if not path.exists():
             raise DatasetError(f"episode file {path} listed in the manifest is missing; run collect again to replace it")
         if verify and sha256(path) != manifest["files"][name]:
             raise DatasetError(f"episode file {path} does not match its checksum in {root / MANIFEST} (corrupt or changed); delete it and run collect again")
-        loaded.append(load_episode(path))
+        try:
+            maps.append(map_npz_array(path, "frames"))
+            loaded.append(load_episode(path, skip=("frames",)))
+        except CompressedArray:  # written by np.savez_compressed elsewhere: read it whole
+            loaded.append(load_episode(path))
+            maps.append(loaded[-1].pop("frames"))
+        except FrameFileError as err:
+            raise DatasetError(str(err)) from err
     if not loaded:
         raise DatasetError(f"the dataset at {root} has no episodes")
+    if in_memory is None:
+        in_memory = sum(m.nbytes for m in maps) <= 0.5 * available_memory()
+    frames = np.concatenate(maps) if in_memory else MappedFrames(maps)
     try:
-        return _flatten(root, manifest, loaded, JOINT_STATE_KEY[fmt])
+        return _flatten(root, manifest, loaded, frames, [len(m) for m in maps], JOINT_STATE_KEY[fmt])
     except (KeyError, ValueError) as err:
         raise DatasetError(f"the episode files in {root} do not share one layout ({err}); collect the dataset again") from err
 
 
-def _flatten(root: Path, manifest: dict[str, Any], episodes: list[dict[str, np.ndarray]], state_key: str) -> Dataset:
-    """Episode dicts (each frames (T, H, W, 3) and optional per-frame labels) -> one Dataset."""
-    lengths = [len(e["frames"]) for e in episodes]
+def available_memory() -> int:
+    """Bytes of memory available now (Linux MemAvailable; elsewhere the physical total)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _flatten(root: Path, manifest: dict[str, Any], episodes: list[dict[str, np.ndarray]], frames,
+             lengths: list[int], state_key: str) -> Dataset:
+    """Episodes' frames (one after another) and per-episode label dicts -> one Dataset."""
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
     def per_frame(key: str, width: int, dtype) -> np.ndarray:
@@ -226,7 +252,7 @@ def _flatten(root: Path, manifest: dict[str, Any], episodes: list[dict[str, np.n
     placed = [o for o in objects if all(f"pos_{o}" in e for e in episodes)]
     return Dataset(
         root=root, manifest=manifest, starts=starts,
-        frames=np.concatenate([e["frames"] for e in episodes]),
+        frames=frames,
         actions=np.concatenate([actions(e, n) for e, n in zip(episodes, lengths)]),
         joint_state=per_frame(state_key, episodes[0].get(state_key, np.zeros((0, 0))).shape[-1], np.float32),
         positions={o: np.concatenate([e[f"pos_{o}"] for e in episodes]) for o in placed},
@@ -239,44 +265,56 @@ class TripleSampler:
     """Samples triples of consecutive frames (t-1, t, t+1) within chosen episodes.
 
     Every triple that lies inside one episode is equally likely (a longer episode holds more
-    of them); an episode of fewer than 3 frames holds none. ``on_device=True`` keeps the
-    chosen episodes' uint8 frames on ``device`` and gathers each batch there (no host work per
-    step); ``False`` keeps them in pinned host memory and copies each gathered batch over
-    asynchronously (for datasets larger than the device). ``None`` chooses: on the device when
-    it is the CPU, or when the frames take at most half of the CUDA device's free memory.
-    ``sample(batch)`` returns uint8 (batch, 3, H, W, 3) on ``device``. The generator's state
-    is part of a checkpoint.
+    of them); an episode of fewer than 3 frames holds none. ``on_device=True`` copies the
+    chosen episodes' uint8 frames to ``device`` (in chunks) and gathers each batch there (no
+    host work per step); ``False`` gathers each batch on the host, from pinned memory, or from
+    the episode files when the dataset is memory-mapped (``data.in_memory=false``), and copies it
+    over asynchronously. ``None`` chooses: on a CUDA device when the frames take at most half
+    its free memory; on the CPU unless the dataset is memory-mapped. ``sample(batch)`` returns
+    uint8 (batch, 3, H, W, 3) on ``device``. The generator's state is part of a checkpoint.
     """
 
     def __init__(self, dataset: Dataset, episodes: np.ndarray, device: torch.device, seed: int = 0,
                  on_device: Optional[bool] = None):
-        rows = dataset.frame_indices(episodes)
         lengths = dataset.lengths[episodes]
         local_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, int)
         centres = [np.arange(s + 1, s + n - 1) for s, n in zip(local_starts, lengths) if n >= 3]
         if not centres:
             raise DatasetError(f"{dataset.root}: no training episode has the 3 frames a triple needs")
         self.centres = torch.from_numpy(np.concatenate(centres))
-        device = torch.device(device)
-        host = torch.from_numpy(np.ascontiguousarray(dataset.frames[rows]))
+        self.rows = dataset.frame_indices(episodes)  # dataset row of each chosen frame
+        self.device = device = torch.device(device)
+        mapped = not isinstance(dataset.frames, np.ndarray)
         if on_device is None:
-            on_device = device.type != "cuda" or host.numel() <= 0.5 * torch.cuda.mem_get_info(device)[0]
-        self.on_device = bool(on_device)
+            nbytes = len(self.rows) * int(np.prod(dataset.frames.shape[1:]))
+            on_device = nbytes <= 0.5 * torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else not mapped
+        self.on_device, self.mapped = bool(on_device), mapped and not on_device
         if self.on_device:
-            self.frames = host.to(device)
+            self.frames = _copy_rows(dataset.frames, self.rows, device)
             self.centres = self.centres.to(device)
+        elif self.mapped:
+            self.frames = dataset.frames  # read from the files, a batch at a time
         else:
+            host = torch.from_numpy(np.ascontiguousarray(dataset.frames[self.rows]))
             self.frames = host.pin_memory() if device.type == "cuda" else host
-        self.device = device
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def sample(self, batch: int) -> torch.Tensor:
         pick = torch.randint(0, len(self.centres), (batch,), generator=self.generator)
-        if not self.on_device:
-            rows = self.centres[pick][:, None] + torch.arange(-1, 2)
-            out = self.frames[rows]
-            if self.device.type == "cuda":
-                out = out.pin_memory()
-            return out.to(self.device, non_blocking=True)
-        rows = self.centres[pick.to(self.device)][:, None] + torch.arange(-1, 2, device=self.device)
-        return self.frames[rows]
+        if self.on_device:
+            local = self.centres[pick.to(self.device)][:, None] + torch.arange(-1, 2, device=self.device)
+            return self.frames[local]
+        local = self.centres[pick][:, None] + torch.arange(-1, 2)
+        out = torch.from_numpy(self.frames[self.rows[local.numpy()]]) if self.mapped else self.frames[local]
+        if self.device.type == "cuda":
+            out = out.pin_memory()
+        return out.to(self.device, non_blocking=True)
+
+
+def _copy_rows(frames, rows: np.ndarray, device: torch.device, chunk: int = 4096) -> torch.Tensor:
+    """frames[rows] as a uint8 tensor on ``device``, read ``chunk`` frames at a time (a
+    memory-mapped dataset never passes through host memory whole)."""
+    out = torch.empty((len(rows), *frames.shape[1:]), dtype=torch.uint8, device=device)
+    for start in range(0, len(rows), chunk):
+        out[start:start + chunk] = torch.from_numpy(np.ascontiguousarray(frames[rows[start:start + chunk]])).to(device)
+    return out

@@ -55,7 +55,7 @@ def keypoint_statistics(encoder: torch.nn.Module, dataset: Dataset, episodes: np
     for e in episodes:
         frames, track = dataset.episode(e), []
         for start in range(0, len(frames), 256):
-            chunk = torch.from_numpy(np.ascontiguousarray(frames[start:start + 256])).to(device)
+            chunk = torch.from_numpy(np.array(frames[start:start + 256])).to(device)  # a copy: maps are read-only
             result = encoder(chunk, return_presence=True)
             presence.append(result.presence.double().cpu().numpy())
             track.append(to_pixels(result.keypoints.double().cpu(), size, size).numpy())
@@ -172,7 +172,7 @@ def evaluate_checkpoint(path: Optional[str], run_dir: str | Path, device: Option
         raise CheckpointError("no checkpoint given: pass checkpoint=PATH (a .pt file or a run folder)")
     model, state = load_model(path, device)
     cfg = from_dict(state["config"])
-    dataset = load_dataset(state["dataset"], episodes=cfg.data.episodes)
+    dataset = load_dataset(state["dataset"], episodes=cfg.data.episodes, in_memory=cfg.data.in_memory)
     train_eps, val_eps = dataset.split(cfg.data.val_fraction)
     dev = resolve_device(device)
     metrics = {

@@ -63,12 +63,12 @@ def ensure_dataset(cfg: Config) -> Dataset:
     root = dataset_dir(cfg)
     if cfg.data.source != "collect":
         import_recording(cfg.data, cfg.env.image_size, root)
-        return load_dataset(root, episodes=cfg.data.episodes)
+        return load_dataset(root, episodes=cfg.data.episodes, in_memory=cfg.data.in_memory)
     manifest = read_manifest(root)
     if manifest is None or not manifest.get("complete") or manifest.get("episodes", 0) < cfg.data.episodes:
         print(f"[dsae] collecting {cfg.data.episodes} {cfg.env.name} episodes into {root}")
         collect(cfg.env, cfg.data, root)
-    return load_dataset(root, episodes=cfg.data.episodes)
+    return load_dataset(root, episodes=cfg.data.episodes, in_memory=cfg.data.in_memory)
 
 
 def background_frames(dataset: Dataset, episodes: np.ndarray, seed: int, count: int = 1000) -> np.ndarray:
@@ -163,7 +163,8 @@ class Trainer:
         self.dataset = ensure_dataset(cfg) if self.lead else None
         distributed.barrier(world)
         if not self.lead:
-            self.dataset = load_dataset(dataset_dir(cfg), verify=False, episodes=cfg.data.episodes)
+            self.dataset = load_dataset(dataset_dir(cfg), verify=False, episodes=cfg.data.episodes,
+                                        in_memory=cfg.data.in_memory)
         self.train_eps, self.val_eps = self.dataset.split(cfg.data.val_fraction)
         self.model = DeepSpatialAutoencoder(cfg.model, self.dataset.image_size).to(device)
         if state is None:  # a resumed run loads its background with the weights

@@ -94,3 +94,12 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
     first = (tmp_path / "kq" / "tiny" / "reacher-seed0" / "metrics.json").stat().st_mtime
     run("keypoint_quality.py", *args)  # a second call reads the finished runs instead of training again
     assert (tmp_path / "kq" / "tiny" / "reacher-seed0" / "metrics.json").stat().st_mtime == first
+
+
+def test_large_recording_benchmark(tmp_path):
+    out = tmp_path / "large.json"
+    run("large_recording.py", "--frames", "600", "--episode-frames", "30", "--size", "32", "--steps", "3",
+        "--work", str(tmp_path / "work"), "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["frames_bytes"] == 600 * 32 * 32 * 3 and result["train"]["peak_rss_bytes"] > 0
+    assert set(result["probe_r2"]) == {"arm", "puck"}

@@ -145,3 +145,49 @@ def test_a_format_1_dataset_still_loads_and_an_unknown_format_is_named(copy_of):
     write_manifest(copy_of, {**manifest, "settings": {**manifest["settings"], "format": 99}})
     with pytest.raises(DatasetError, match="format 99"):
         load_dataset(copy_of)
+
+
+def test_a_memory_mapped_dataset_reads_the_same_frames(tiny_dataset):
+    from dsae.frames import MappedFrames
+
+    _, root = tiny_dataset
+    loaded, mapped = load_dataset(root, in_memory=True), load_dataset(root, in_memory=False)
+    assert isinstance(mapped.frames, MappedFrames) and isinstance(loaded.frames, np.ndarray)
+    assert mapped.frames.shape == loaded.frames.shape and mapped.image_size == loaded.image_size
+    rows = np.array([[3, 50], [7, 103]])
+    np.testing.assert_array_equal(mapped.frames[rows], loaded.frames[rows])
+    np.testing.assert_array_equal(mapped.frames[5], loaded.frames[5])
+    np.testing.assert_array_equal(mapped.episode(2), loaded.episode(2))  # a view of one file's map
+    np.testing.assert_array_equal(mapped.frames[10:30], loaded.frames[10:30])  # across two episodes
+    np.testing.assert_array_equal(np.asarray(mapped.frames), loaded.frames)
+    a = TripleSampler(loaded, np.arange(6), torch.device("cpu"), seed=2, on_device=False)
+    b = TripleSampler(mapped, np.arange(6), torch.device("cpu"), seed=2)  # None: stays on disk
+    assert b.mapped and not b.on_device
+    for _ in range(3):
+        torch.testing.assert_close(a.sample(8), b.sample(8))
+
+
+def test_a_run_on_a_memory_mapped_dataset_matches_one_in_memory(tiny_dataset, tmp_path):
+    from dataclasses import replace
+
+    from dsae.train import run_training
+
+    cfg, _ = tiny_dataset
+    cfg = replace(cfg, train=replace(cfg.train, steps=10))
+    runs = [run_training(replace(cfg, data=replace(cfg.data, in_memory=flag)), tmp_path / str(flag), progress=False)
+            for flag in (True, False)]
+    assert runs[0]["probe_r2"] == runs[1]["probe_r2"] and runs[0]["recon_mse"] == runs[1]["recon_mse"]
+
+
+def test_compressed_episode_files_load_whole(copy_of):
+    from dsae.data import read_manifest, sha256, write_manifest
+
+    manifest = read_manifest(copy_of)
+    path = copy_of / "episode_00004.npz"
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    np.savez_compressed(path, **arrays)
+    manifest["files"][path.name] = sha256(path)
+    write_manifest(copy_of, manifest)
+    ds = load_dataset(copy_of, in_memory=False)
+    np.testing.assert_array_equal(ds.episode(4), arrays["frames"])
