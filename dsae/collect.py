@@ -10,8 +10,6 @@ number of workers or on where it was interrupted.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -26,6 +24,7 @@ from dsae.data import (
     existing_episodes,
     read_manifest,
     save_episode,
+    settings_digest,
     write_manifest,
 )
 from dsae.errors import ConfigError
@@ -113,8 +112,7 @@ def default_dataset_dir(env_cfg: EnvConfig, data_cfg: DataConfig, root: Path | s
     """``data/<env>-<size>px-<12 hex of the settings>``: new settings give a new folder."""
     settings = dataset_settings(env_cfg, data_cfg)
     settings.pop("episodes")  # more episodes extend the same dataset
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(root) / f"{env_cfg.name}-{env_cfg.image_size}px-{digest}"
+    return Path(root) / f"{env_cfg.name}-{env_cfg.image_size}px-{settings_digest(settings)}"
 
 
 def _make_vector_env(env_cfg: EnvConfig, workers: int):

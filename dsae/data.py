@@ -74,6 +74,11 @@ def save_episode(root: Path, index: int, arrays: dict[str, np.ndarray]) -> str:
     return sha256(path)
 
 
+def settings_digest(settings: dict[str, Any]) -> str:
+    """12 hex characters that name a dataset's settings in its default folder name."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     text = json.dumps(manifest, indent=2, sort_keys=True).encode()
     atomic_write_bytes(Path(root) / MANIFEST, lambda f: f.write(text))

@@ -20,16 +20,16 @@ episode already imported is kept, not read again.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from dsae.config import DataConfig
-from dsae.data import FORMAT_VERSION, DatasetError, existing_episodes, episode_name, read_manifest, save_episode, write_manifest
+from dsae.data import (FORMAT_VERSION, DatasetError, episode_name, existing_episodes, read_manifest, save_episode,
+                       settings_digest, write_manifest)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v")
 CHUNK = 64  # HDF5 frames read at a time
@@ -47,8 +47,7 @@ def import_settings(data_cfg: DataConfig, image_size: int) -> dict[str, Any]:
 
 def default_import_dir(data_cfg: DataConfig, image_size: int, root: Path | str = "data") -> Path:
     """``data/<source>-<recording name>-<size>px-<12 hex of the settings>``."""
-    settings = import_settings(data_cfg, image_size)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    digest = settings_digest(import_settings(data_cfg, image_size))
     return Path(root) / f"{data_cfg.source}-{Path(data_cfg.path).stem}-{image_size}px-{digest}"
 
 
@@ -59,10 +58,10 @@ class FrameResizer:
         if min(height, width) < size:
             raise DatasetError(f"{where}: frames are {width}x{height}, smaller than the model's {size}x{size} "
                                f"images; set env.image_size to at most {min(height, width)}")
-        side = min(height, width) if crop else None
-        self.box = ((width - side) // 2, (height - side) // 2, (width + side) // 2, (height + side) // 2) if crop \
-            else (0, 0, width, height)
-        self.size = size
+        self.box, self.size = (0, 0, width, height), size  # stretched whole, unless cropped:
+        if crop:
+            side = min(height, width)
+            self.box = ((width - side) // 2, (height - side) // 2, (width + side) // 2, (height + side) // 2)
 
     def frame(self, image: np.ndarray) -> np.ndarray:
         from PIL import Image

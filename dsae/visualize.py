@@ -37,14 +37,14 @@ def _pad16(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> Path:
-    """uint8 (H, W, 3) frames -> an H.264 MP4 through imageio-ffmpeg (no moviepy needed).
-    Frames are padded with black to multiples of 16 pixels."""
+def write_mp4(path: Path, frames: list[np.ndarray], fps: int, quality: int = 8) -> Path:
+    """uint8 (H, W, 3) frames -> an H.264 MP4 through imageio-ffmpeg (no moviepy needed), at
+    imageio's ``quality`` (0-10). Frames are padded with black to multiples of 16 pixels."""
     import imageio_ffmpeg
 
     frames = [_pad16(f) for f in frames]
     h, w = frames[0].shape[:2]
-    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264", quality=8,
+    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264", quality=quality,
                                          macro_block_size=16, ffmpeg_log_level="error")
     writer.send(None)
     for frame in frames:

@@ -11,6 +11,7 @@ import pytest
 from dsae.config import DataConfig
 from dsae.data import DatasetError, load_dataset, read_manifest
 from dsae.sources import FrameResizer, import_recording
+from dsae.visualize import write_mp4
 from tests.conftest import tiny_config
 
 SCALE = 2  # recordings are written at twice the dataset's size, and imported back down
@@ -23,17 +24,6 @@ def upscale(frames: np.ndarray) -> np.ndarray:
 
 def to_recording_px(px: np.ndarray) -> np.ndarray:
     return (px + 0.5) * SCALE - 0.5
-
-
-def write_video(path: Path, frames: np.ndarray) -> None:
-    import imageio_ffmpeg
-
-    writer = imageio_ffmpeg.write_frames(str(path), (frames.shape[2], frames.shape[1]), fps=10, codec="libx264",
-                                         quality=10, macro_block_size=1, ffmpeg_log_level="error")
-    writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
 
 
 def native_config(tmp: Path):
@@ -60,7 +50,7 @@ def recordings(tmp_path_factory):
             rows = native.frame_indices([e])
             frames, actions = upscale(native.frames[rows]), native.actions[rows]
             labels = {f"px_{o}": to_recording_px(native.pixels[o][rows]) for o in native.objects}
-            write_video(videos / f"ep{e:02d}.mp4", frames)
+            write_mp4(videos / f"ep{e:02d}.mp4", list(frames), fps=10, quality=10)  # 64 px: no padding
             np.savez(videos / f"ep{e:02d}.npz", joint_state=native.joint_state[rows], actions=actions[:-1], **labels)
             demo = f.create_group(f"data/demo_{e}")
             demo["actions"] = np.nan_to_num(actions)  # robomimic: one action per frame
