@@ -17,30 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-REPO = Path(__file__).resolve().parents[1]
+from jobs import Job, run_jobs
+
 MODES = ("state", "pixels", "keypoints")
-
-
-def zero_action_return(env_settings: dict, episodes: int) -> float:
-    """Mean return of the do-nothing policy on the evaluation episodes of the runs' env."""
-    sys.path.insert(0, str(REPO))
-    from dsae.rl import evaluate_policy
-    from dsae.config import from_dict
-    from envs import EnvConfig, make_env
-
-    env = make_env(from_dict(env_settings, EnvConfig))
-    returns = evaluate_policy(env, lambda obs: np.zeros(env.action_space.shape, dtype=np.float32), episodes)
-    env.close()
-    return float(np.mean(returns))
 
 
 def plot(curves: dict[str, list[list[dict]]], path: Path, refs: dict[str, float], steps: int) -> None:
@@ -90,50 +74,19 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    jobs = [("pixels", s) for s in range(args.pixel_seeds)]  # the longest first
-    jobs += [(m, s) for s in range(args.seeds) for m in ("keypoints", "state")]
+    order = [("pixels", s) for s in range(args.pixel_seeds)]  # the longest first
+    order += [(m, s) for s in range(args.seeds) for m in ("keypoints", "state")]
     started = time.perf_counter()
-    running: list[tuple[str, int, subprocess.Popen, float, Path]] = []
-    results: dict[str, list[dict]] = {m: [] for m in MODES}
-    pending = list(jobs)
-    while pending or running:
-        while pending and len(running) < args.workers:
-            mode, seed = pending.pop(0)
-            run_dir = out / f"{mode}-seed{seed}"
-            if (run_dir / "metrics.json").exists():
-                results[mode].append(json.loads((run_dir / "metrics.json").read_text()))
-                print(f"[bench] {mode} seed {seed}: already done")
-                continue
-            log = run_dir.with_suffix(".log")
-            cmd = [sys.executable, str(REPO / "scripts" / "train_rl.py"), f"obs={mode}", f"seed={seed}",
-                   f"rl.steps={args.steps}", "threads=1", "progress=false", "logger=none",
-                   f"device={args.device}", f"hydra.run.dir={run_dir}", *args.overrides]
-            if mode == "keypoints":
-                cmd.append(f"encoder={encoder}")
-            if (run_dir / "checkpoints" / "agent.pt").exists():
-                cmd.append("resume=true")  # an interrupted benchmark picks its runs up where they stopped
-            print(f"[bench] start {mode} seed {seed}")
-            running.append((mode, seed, subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT),
-                            time.perf_counter(), run_dir))
-        time.sleep(2)
-        for item in list(running):
-            mode, seed, proc, t0, run_dir = item
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            if proc.returncode != 0:
-                for _, _, other, _, _ in running:
-                    other.kill()
-                raise SystemExit(f"{mode} seed {seed} failed (exit {proc.returncode}); see {run_dir.with_suffix('.log')}")
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            results[mode].append(metrics)
-            print(f"[bench] {mode} seed {seed}: final return {metrics['eval_return_mean']:.2f} "
-                  f"in {metrics['wall_s']:.0f} s ({(time.perf_counter() - t0) / 60:.1f} min)")
+    jobs = [Job(f"{mode}-seed{seed}", "train_rl.py",
+                [f"obs={mode}", f"seed={seed}", f"rl.steps={args.steps}", f"device={args.device}", *args.overrides]
+                + ([f"encoder={encoder}"] if mode == "keypoints" else []), out / f"{mode}-seed{seed}")
+            for mode, seed in order]
+    done = run_jobs(jobs, args.workers)
+    results = {m: [done[f"{m}-seed{s}"] for mode, s in order if mode == m] for m in MODES}
 
     episodes = results["state"][0]["eval_episodes"]
     random_return = float(np.mean([m["random_return"] for ms in results.values() for m in ms]))
-    state_env = json.loads((out / "state-seed0" / "config.json").read_text())["env"]
-    zero_return = zero_action_return(state_env, episodes)
+    zero_return = float(np.mean([m["baselines"]["do_nothing"]["return_mean"] for m in results["state"]]))
     state_return = float(np.mean([m["eval_return_mean"] for m in results["state"]]))
     summary: dict = {"env": "Reacher-v5", "steps": args.steps, "encoder": str(encoder), "eval_episodes": episodes,
                      "random_return": random_return, "zero_action_return": zero_return, "state_return": state_return,

@@ -34,9 +34,11 @@ METRICS = "metrics.json"  # written last: a run folder that has it is finished
 RUN_ROOTS = (Path("outputs"), Path("multirun"))  # where Hydra puts single runs and sweep jobs
 RUNTIME_SETTINGS = ("device", "threads", "progress", "logger", "resume", "train.resume", "data.workers",
                     "train.log_every", "train.eval_every", "train.image_every", "train.checkpoint_every",
-                    "rl.log_every", "rl.checkpoint_every")
+                    "rl.log_every", "rl.checkpoint_every", "rl.steps")
 """Settings that change how a run is carried out or reported, not what it computes: a resumed
-run takes these from the command that resumes it, and the rest from its checkpoint."""
+run takes these from the command that resumes it, and the rest from its checkpoint. ``rl.steps``
+is among them: an RL run's budget changes nothing it computes before reaching it (no schedule;
+the replay buffer keeps every transition), so ``resume=RUN rl.steps=N`` trains a run further."""
 
 
 class CheckpointError(UserError, RuntimeError):

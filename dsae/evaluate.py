@@ -29,14 +29,18 @@ from dsae.spatial_softmax import to_pixels
 
 @torch.no_grad()
 def encode_frames(encoder: torch.nn.Module, frames: np.ndarray, device: torch.device,
-                  batch: int = 512) -> np.ndarray:
-    """uint8 frames (N, H, W, 3) -> keypoints (N, K, 2) as float64, in batches."""
+                  rows: Optional[np.ndarray] = None, batch: int = 512) -> np.ndarray:
+    """uint8 frames (N, H, W, 3), or those at ``rows`` (M,), -> keypoints (N or M, K, 2) as float64.
+    Frames are read a batch at a time, so memory-mapped ones are never all in memory."""
     encoder.eval()
-    out = []
-    for start in range(0, len(frames), batch):
-        chunk = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch])).to(device)
-        out.append(encoder(chunk).double().cpu().numpy())
-    return np.concatenate(out)
+    return np.concatenate([encoder(chunk).double().cpu().numpy() for chunk in _batches(frames, rows, batch, device)])
+
+
+def _batches(frames: np.ndarray, rows: Optional[np.ndarray], batch: int, device: torch.device):
+    """uint8 tensors (b, H, W, 3) of ``frames`` (at ``rows``, or all), ``batch`` at a time."""
+    rows = np.arange(len(frames)) if rows is None else np.asarray(rows)
+    for start in range(0, len(rows), batch):
+        yield torch.from_numpy(np.ascontiguousarray(frames[rows[start:start + batch]])).to(device)
 
 
 @torch.no_grad()
@@ -122,8 +126,8 @@ def probe_dataset(encoder: torch.nn.Module, dataset: Dataset, train_eps: np.ndar
     train_idx, test_idx = dataset.frame_indices(train_eps), dataset.frame_indices(test_eps)
     if len(train_idx) > max_train_frames:
         train_idx = train_idx[np.sort(rng.choice(len(train_idx), max_train_frames, replace=False))]
-    kp_train = encode_frames(encoder, dataset.frames[train_idx], device)
-    kp_test = encode_frames(encoder, dataset.frames[test_idx], device)
+    kp_train = encode_frames(encoder, dataset.frames, device, train_idx)
+    kp_test = encode_frames(encoder, dataset.frames, device, test_idx)
     px = linear_probe(kp_train, {o: a[train_idx] for o, a in dataset.pixels.items()},
                       kp_test, {o: a[test_idx] for o, a in dataset.pixels.items()})
     world = linear_probe(kp_train, {o: a[train_idx] for o, a in dataset.positions.items()},
@@ -144,12 +148,12 @@ def probe_dataset(encoder: torch.nn.Module, dataset: Dataset, train_eps: np.ndar
 
 @torch.no_grad()
 def reconstruction_mse(model: DeepSpatialAutoencoder, frames: np.ndarray, device: torch.device,
-                       batch: int = 512) -> float:
-    """Mean squared error of the grayscale reconstruction over uint8 frames (N, H, W, 3)."""
+                       rows: Optional[np.ndarray] = None, batch: int = 512) -> float:
+    """Mean squared error of the grayscale reconstruction over uint8 frames (N, H, W, 3), or
+    those at ``rows``, read a batch at a time."""
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(frames), batch):
-        chunk = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch])).to(device)
+    for chunk in _batches(frames, rows, batch, device):
         _, recon = model(chunk)
         target = gray_target(chunk, model.cfg.recon_size)
         total += float(((recon - target) ** 2).sum())
@@ -179,7 +183,7 @@ def evaluate_checkpoint(path: Optional[str], run_dir: str | Path, device: Option
         **probe_dataset(model.encoder, dataset, train_eps, val_eps, dev,
                         max_train_frames or cfg.train.probe_frames, cfg.seed),
         "keypoints": keypoint_statistics(model.encoder, dataset, val_eps, dev),
-        "recon_mse": reconstruction_mse(model, dataset.frames[dataset.frame_indices(val_eps)], dev),
+        "recon_mse": reconstruction_mse(model, dataset.frames, dev, dataset.frame_indices(val_eps)),
         "steps": state["step"],
         "checkpoint": state["path"],
         "dataset": str(dataset.root),

@@ -184,11 +184,11 @@ class Trainer:
         self.logger = Logger(cfg.logger if self.lead else LoggerConfig(backend="none", mode="disabled"),
                              run_dir, to_dict(cfg), name=run_dir.name, resume_id=wandb_id, write_files=self.lead,
                              resume_step=self.step if state is not None else None)
-        self.val_frames = self.dataset.frames[self.dataset.frame_indices(self.val_eps)]
-        pick = np.random.default_rng(cfg.seed).choice(len(self.val_frames), min(1024, len(self.val_frames)), replace=False)
-        self.val_subset = self.val_frames[np.sort(pick)]
-        shown = np.linspace(0, len(self.val_frames) - 1, 8).astype(int)
-        self.shown = torch.from_numpy(self.val_frames[shown]).to(device)
+        self.val_rows = self.dataset.frame_indices(self.val_eps)  # read in batches: frames may be mapped
+        pick = np.random.default_rng(cfg.seed).choice(len(self.val_rows), min(1024, len(self.val_rows)), replace=False)
+        self.val_subset = self.dataset.frames[self.val_rows[np.sort(pick)]]
+        shown = np.linspace(0, len(self.val_rows) - 1, 8).astype(int)
+        self.shown = torch.from_numpy(self.dataset.frames[self.val_rows[shown]]).to(device)
 
     def _restore(self, state: dict[str, Any]) -> Optional[str]:
         if self.lead and state.get("precision", self.step_fn.precision) != self.step_fn.precision:
@@ -287,7 +287,7 @@ class Trainer:
             **probe_dataset(self.model.encoder, dataset, self.train_eps, self.val_eps, self.device,
                             cfg.train.probe_frames, cfg.seed),
             "keypoints": keypoint_statistics(self.model.encoder, dataset, self.val_eps, self.device),
-            "recon_mse": reconstruction_mse(self.model, self.val_frames, self.device),
+            "recon_mse": reconstruction_mse(self.model, self.dataset.frames, self.device, self.val_rows),
             "steps": self.step, "train_images_per_s": self.images_seen / max(self.train_time, 1e-9),
             "wall_s": self.wall(), "checkpoint": str(self.run_dir / CHECKPOINT), "dataset": str(dataset.root),
             "env": cfg.env.name, "image_size": dataset.image_size, "num_keypoints": cfg.model.num_keypoints,

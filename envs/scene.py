@@ -11,7 +11,9 @@ from a fixed free camera; every ``info`` (reset and step) holds:
   - ``positions``: {object name: world position (3,)} of the bodies in ``objects``;
   - ``pixels``: {object name: (u, v) pixel position (2,)} of the same, through the camera;
   - ``camera_matrix``: (3, 4) world->pixel matrix (see :mod:`envs.camera`);
-  - ``joint_state``: the robot's joint positions then joint velocities (2J,).
+  - ``joint_state``: the robot's joint positions then joint velocities (2J,);
+  - with a task (``task_object``, ``task_goal``): ``goal_distance``, the (x, y) distance in metres
+    from the object's centre to the goal's, and ``success``, that distance within ``goal_radius``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ class EnvConfig:
     object_radius: Optional[float] = None  # draw marker_geoms this big (m); null: as the model has them
     geom_rgba: dict[str, list[float]] = field(default_factory=dict)  # recolour geoms by name (visual only)
     randomize_arm: bool = False  # start each episode from a uniform draw over the robot's joint ranges
+    task_object: Optional[str] = None  # a pushing task's object (a name in objects); null: no success metric
+    task_goal: Optional[str] = None  # where task_object should end: the centre of this object (a name in objects)
+    goal_radius: float = 0.05  # success: task_object's centre within this many metres of task_goal's (x, y)
 
     def __post_init__(self) -> None:
         check(self)
@@ -125,6 +130,13 @@ def check(config: EnvConfig) -> EnvConfig:
     for geom, rgba in config.geom_rgba.items():
         if len(rgba) != 4 or not all(0.0 <= float(c) <= 1.0 for c in rgba):
             raise SceneError(f"env.geom_rgba.{geom} must be 4 numbers in [0, 1] (r, g, b, a), got {list(rgba)}")
+    if (config.task_object is None) != (config.task_goal is None):
+        raise SceneError(f"scene {config.name!r}: give both env.task_object and env.task_goal (or neither)")
+    for key in ("task_object", "task_goal"):
+        if getattr(config, key) is not None and getattr(config, key) not in config.objects:
+            raise SceneError(f"env.{key}={getattr(config, key)!r} is not one of env.objects {sorted(config.objects)}")
+    if not config.goal_radius > 0:
+        raise SceneError(f"env.goal_radius must be > 0 metres, got {config.goal_radius}")
     # MuJoCo aborts the whole process on a bad camera id, so no id ever reaches it.
     if config.camera_id not in (None, -1):
         raise SceneError(
@@ -279,9 +291,18 @@ class SceneEnv(gym.Env):
         q, dq = self.data.qpos[self._qpos], self.data.qvel[self._qvel]
         return np.concatenate([np.cos(q), np.sin(q), dq]).astype(np.float32)
 
+    def state_observation(self) -> np.ndarray:
+        """The MuJoCo env's own observation vector now (the one ``step`` returns): privileged state
+        (Pusher's holds the puck and goal positions) that ``obs=state`` agents see."""
+        return self.sim._get_obs()
+
     def _info(self, info: dict[str, Any]) -> dict[str, Any]:
         positions = {o: self.data.xpos[b].copy() for o, b in self._bodies.items()}
-        return {**info, "positions": positions,
+        task, c = {}, self.config
+        if c.task_object is not None:
+            distance = float(np.linalg.norm(positions[c.task_object][:2] - positions[c.task_goal][:2]))
+            task = {"goal_distance": distance, "success": distance <= c.goal_radius}
+        return {**info, **task, "positions": positions,
                 "pixels": {o: project_points(self.camera_matrix, p) for o, p in positions.items()},
                 "camera_matrix": self.camera_matrix.copy(), "joint_state": self.joint_state()}
 

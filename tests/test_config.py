@@ -55,12 +55,12 @@ from dsae.config import (  # noqa: E402
     schema_node,
 )
 from dsae.errors import ConfigError  # noqa: E402
-from dsae.rl.config import RLRunConfig, SACConfig  # noqa: E402
+from dsae.rl.config import DAggerConfig, ImitationRunConfig, RLRunConfig, SACConfig  # noqa: E402
 from envs import EnvConfig, load_scene  # noqa: E402
 
 GROUP_SCHEMAS = {"model": ModelConfig, "train": TrainConfig, "rl": SACConfig, "logger": LoggerConfig, "env": EnvConfig,
                  "data": DataConfig}
-TOP_SCHEMAS = {"config.yaml": Config, "train_rl.yaml": RLRunConfig}
+TOP_SCHEMAS = {"config.yaml": Config, "train_rl.yaml": RLRunConfig, "imitate.yaml": ImitationRunConfig}
 
 
 def _leaves(node, prefix=""):
@@ -107,9 +107,10 @@ def test_top_level_files_state_only_what_differs_from_their_groups(name):
 
 
 @pytest.mark.parametrize("schema", [Config, ModelConfig, TrainConfig, DataConfig, LoggerConfig, VisConfig,
-                                    EnvConfig, RLRunConfig, SACConfig])
+                                    EnvConfig, RLRunConfig, SACConfig, ImitationRunConfig, DAggerConfig])
 def test_every_setting_has_its_meaning_written_once_beside_it(schema):
-    nested = {f.name for f in fields(schema) if f.name in ("env", "model", "train", "data", "logger", "vis", "rl")}
+    nested = {f.name for f in fields(schema)
+              if f.name in ("env", "model", "train", "data", "logger", "vis", "rl", "imitation")}
     missing = [f.name for f in fields(schema) if f.name not in nested and f.name not in field_comments(schema)]
     assert not missing, f"{schema.__name__} fields without a comment: {missing}"
 
@@ -131,6 +132,9 @@ def test_python_defaults_are_the_hydra_defaults():
     with initialize_config_dir(config_dir=CONFIGS, version_base=None):
         composed = compose(config_name="train_rl", overrides=["obs=state"])
     assert to_config(composed, RLRunConfig) == RLRunConfig(obs="state")
+    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
+        composed = compose(config_name="imitate", overrides=["expert=a", "encoder=b"])
+    assert to_config(composed, ImitationRunConfig) == ImitationRunConfig(expert="a", encoder="b")
 
 
 def test_resume_false_still_needs_an_encoder():
@@ -148,6 +152,8 @@ def test_resume_false_still_needs_an_encoder():
     (lambda: LoggerConfig(mode="loud"), "logger.mode", ["logger.mode=loud"]),
     (lambda: SACConfig(init_steps=30000), "rl.init_steps", None),
     (lambda: RLRunConfig(obs="keypoints"), "obs=keypoints needs a trained DSAE", None),
+    (lambda: ImitationRunConfig(expert="a"), "imitation needs encoder=PATH", None),
+    (lambda: DAggerConfig(beta=2.0), "imitation.beta", None),
     (lambda: replace(Config(), episodes=0), "episodes", ["episodes=0"]),
 ])
 def test_a_config_built_in_python_is_checked_like_one_from_hydra(build, key, overrides):

@@ -37,9 +37,9 @@ def script(name: str, *args: str, check: bool = True, env_vars: dict | None = No
     return proc
 
 
-def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, checkpoint: str = "last.pt") -> int:
+def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, checkpoint: str = "last.pt", key: str = "step") -> int:
     """Start ``cmd`` (a run writing into ``run_dir``), SIGKILL it and every process it started as
-    soon as its first checkpoint exists, and return the step that checkpoint holds."""
+    soon as its first checkpoint exists, and return the progress (``key``) that checkpoint holds."""
     env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -52,7 +52,7 @@ def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, checkpoint: str =
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(0.5)
-    return torch.load(ckpt, weights_only=False)["step"]
+    return torch.load(ckpt, weights_only=False)[key]
 
 
 def test_collect_train_evaluate(tmp_path):

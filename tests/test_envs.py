@@ -92,6 +92,9 @@ def test_top_down_axes():
     (dict(name="reacher", camera_id=0), "camera_id"),
     (dict(name="reacher", camera_distance=-1.0), "camera_distance"),
     (dict(name="reacher", object_radius=0.0), "object_radius"),
+    (dict(name="reacher", task_object="target"), "both env.task_object and env.task_goal"),
+    (dict(name="reacher", task_object="target", task_goal="elbow"), "env.task_goal='elbow' is not one of"),
+    (dict(name="pusher", goal_radius=0.0), "goal_radius"),
 ])
 def test_invalid_settings_raise_before_mujoco(kwargs, match):
     name = kwargs.pop("name")
@@ -115,6 +118,29 @@ def test_pusher_objects_and_no_shadows():
         u, v = info["pixels"][obj]
         assert 0 <= u <= 31 and 0 <= v <= 31, f"{obj} is outside the pusher framing"
     env.close()
+
+
+@pytest.mark.parametrize("scene, joints, radius", [("pusher", ("obj_slidex", "obj_slidey"), 0.08),
+                                                   ("push_block", ("block_x", "block_y"), 0.03)])
+def test_task_success_on_hand_placed_states(scene, joints, radius):
+    """Success: the object's centre within goal_radius of the goal's, in (x, y), at that step."""
+    env = make_env(scene, image_size=32)
+    _, info = env.reset(seed=0)
+    assert info["success"] is False and info["goal_distance"] > radius, "resets never start solved"
+    sim = env.unwrapped.sim
+    goal = info["positions"][env.unwrapped.config.task_goal][:2]
+    for offset, solved in ((0.0, True), (0.7 * radius, True), (1.3 * radius, False)):
+        qpos = sim.data.qpos.copy()
+        obj = info["positions"][env.unwrapped.config.task_object][:2]
+        for axis, joint in enumerate(joints):  # move the object by the slide joints to goal + (offset, 0)
+            qpos[sim.model.joint(joint).qposadr[0]] += goal[axis] + (offset if axis == 0 else 0.0) - obj[axis]
+        sim.set_state(qpos, np.zeros_like(sim.data.qvel))
+        _, _, _, _, info = env.step(np.zeros(env.action_space.shape))
+        assert info["goal_distance"] == pytest.approx(offset, abs=0.01), (scene, offset)
+        assert info["success"] is solved, (scene, offset, info["goal_distance"])
+    env.close()
+    _, info = make_env("reacher", image_size=32).reset(seed=0)
+    assert "success" not in info, "a scene without a task reports no success"
 
 
 def test_object_radius_is_visual_only():
@@ -194,7 +220,7 @@ def test_mjcf_scene_places_its_objects_within_their_joint_ranges():
 
 def test_unknown_body_or_joint_lists_the_models_names():
     with pytest.raises(ValueError, match="body 'puck' is not in the model.*'block'"):
-        make_env("push_block", objects={"puck": "puck"})
+        make_env("push_block", objects={"puck": "puck"}, task_object=None, task_goal=None)
     with pytest.raises(ValueError, match="joint 'wrist' is not in the model.*'elbow'"):
         make_env("push_block", joints=["shoulder", "wrist"])
 

@@ -167,7 +167,7 @@ def test_sac_on_cuda(tmp_path, obs):
     from dsae.rl import Policy, evaluate_policy
 
     policy = Policy(tmp_path / "rl", "cpu")  # an agent trained on CUDA plays on a CPU-only machine
-    returns = evaluate_policy(policy.make_env(), lambda o: policy.agent.act(o, deterministic=True), 1)
+    returns = evaluate_policy(policy.make_env(), lambda o: policy.agent.act(o, deterministic=True), 1)["returns"]
     assert np.isfinite(returns).all()
 
 

@@ -52,8 +52,21 @@ def test_killed_sac_run_resumes_to_the_same_agent(tmp_path):
 
     policy = Policy(tmp_path / "killed", "cpu")
     env = policy.make_env()
-    returns = evaluate_policy(env, lambda o: policy.agent.act(o, deterministic=True), 2)
+    returns = evaluate_policy(env, lambda o: policy.agent.act(o, deterministic=True), 2)["returns"]
     assert np.mean(returns) == pytest.approx(metrics["eval_return_mean"], abs=1e-4)
+
+
+def test_a_finished_run_trains_further_to_the_same_agent_as_a_longer_run(tmp_path):
+    script("train_rl.py", *tiny_rl(tmp_path, "short", 120, "obs=state"))
+    out = script("train_rl.py", *tiny_rl(tmp_path, "again", 240, "obs=state"), f"resume={tmp_path / 'short'}")
+    assert "from env step 120 of 240" in out.stdout
+    script("train_rl.py", *tiny_rl(tmp_path, "long", 240, "obs=state"))
+    a = torch.load(tmp_path / "short" / "checkpoints" / "agent.pt", weights_only=False)
+    b = torch.load(tmp_path / "long" / "checkpoints" / "agent.pt", weights_only=False)
+    assert a["step"] == b["step"] == 240
+    for name in a["agent"]:
+        torch.testing.assert_close(a["agent"][name], b["agent"][name], rtol=1e-5, atol=1e-6, msg=name)
+    assert json.loads((tmp_path / "short" / "metrics.json").read_text())["env_steps"] == 240
 
 
 def test_keypoints_pixels_and_finetune_modes(tmp_path, tiny_encoder_path):  # noqa: F811

@@ -60,6 +60,18 @@ def test_replay_buffer_round_trip_and_terminal_flags():
     np.testing.assert_array_equal(batch["obs"]["joint_features"][:, 0].numpy(), rewards)
 
 
+def test_a_wrapped_buffer_loads_into_a_larger_one_oldest_first():
+    buf = ReplayBuffer(4, np.zeros(1, np.float32), 1)
+    for i in range(6):  # holds 4, 5, 2, 3; the next write would replace 2
+        buf.add(np.full(1, i, np.float32), np.zeros(1, np.float32), float(i), np.zeros(1, np.float32), False)
+    bigger = ReplayBuffer(8, np.zeros(1, np.float32), 1)
+    bigger.load_state_dict(buf.state_dict())
+    assert bigger.size == 4 and bigger.pos == 4
+    np.testing.assert_array_equal(bigger.fields["reward"][:4], [2, 3, 4, 5])
+    bigger.add(np.full(1, 6, np.float32), np.zeros(1, np.float32), 6.0, np.zeros(1, np.float32), False)
+    np.testing.assert_array_equal(bigger.fields["reward"][:5], [2, 3, 4, 5, 6])
+
+
 def _toy_agent(images: bool) -> SACAgent:
     cfg = SACConfig(hidden=[32, 32], lr=3e-3, batch_size=32)
     enc = ObservationFeatures(ConvFeatures(16, 8, 10), 6) if images else ObservationFeatures(None, 4)

@@ -1,7 +1,8 @@
-"""The schema of ``scripts/train_rl.py``: :class:`RLRunConfig` and its ``rl`` group, :class:`SACConfig`.
+"""The schemas of ``scripts/train_rl.py`` (:class:`RLRunConfig` and its ``rl`` group,
+:class:`SACConfig`) and of ``scripts/imitate.py`` (:class:`ImitationRunConfig`, :class:`DAggerConfig`).
 
-Each default lives here, once; ``configs/train_rl.yaml`` and ``configs/rl/sac.yaml`` state only
-what differs from it. The comment beside a field is its meaning (``--help`` prints it). A config
+Each default lives here, once; ``configs/train_rl.yaml``, ``configs/rl/sac.yaml`` and
+``configs/imitate.yaml`` state only what differs from it. The comment beside a field is its meaning (``--help`` prints it). A config
 checks itself when it is built (from Hydra or in Python) and names the first bad setting.
 """
 
@@ -54,7 +55,7 @@ class SACConfig:
     eval_episodes: int = 10  # evaluation episodes, the same seeds in every run
     checkpoint_every: int = 2000  # env steps between checkpoints (taken at episode ends)
     log_every: int = 1000  # env steps between training-loss logs
-    random_return: Optional[float] = None  # None: measured with random actions on the evaluation episodes
+    random_return: Optional[float] = None  # the normalised score's zero (None: the random baseline's return)
     state_return: Optional[float] = None  # obs=state's final return, for the normalised score
 
     def __post_init__(self) -> None:
@@ -91,11 +92,59 @@ class RLRunConfig:
             raise ConfigError(f"rl.finetune_encoder=true only applies to obs=keypoints (got obs={self.obs})")
 
 
+@dataclass
+class DAggerConfig:
+    """Behaviour cloning with on-policy relabelling (DAgger, Ross et al. 2011): the ``imitation``
+    settings. Round i lets the expert act at each step with probability ``beta ** i`` (round 0:
+    the expert's own episodes), the student otherwise; the expert labels every step."""
+
+    rounds: int = 8  # collect, relabel, train: this many times
+    episodes_per_round: int = 10  # episodes collected each round
+    beta: float = 0.5  # the expert acts with probability beta ** round at each step of a round
+    updates_per_round: int = 1000  # gradient steps on all the labelled steps so far, each round
+    batch_size: int = 256  # labelled steps per gradient step
+    hidden: list[int] = field(default_factory=lambda: [256, 256])  # the policy head's MLP widths
+    lr: float = 1e-3  # policy head learning rate
+    finetune_encoder: bool = False  # train the DSAE encoder through the policy loss too (stores frames)
+    encoder_lr: float = 1e-4  # finetune_encoder: the encoder's learning rate
+    eval_episodes: int = 20  # deterministic evaluation episodes after each round (the fixed seeds of train_rl)
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "imitation", 1, "rounds", "episodes_per_round", "updates_per_round", "batch_size",
+                       "eval_episodes")
+        if not 0 <= self.beta <= 1:
+            raise ConfigError(f"imitation.beta must be in [0, 1], got {self.beta}")
+
+
+@dataclass
+class ImitationRunConfig:
+    """Top-level schema of ``configs/imitate.yaml``. The scene is the expert's, rendered as the
+    encoder's training frames were."""
+
+    expert: Optional[str] = None  # a scripts/train_rl.py obs=state run folder: the expert that labels
+    encoder: Optional[str] = None  # a scripts/train.py run folder of the same scene: the student's keypoints
+    imitation: DAggerConfig = field(default_factory=DAggerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0  # student, data and training episodes
+    device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:1, ...
+    threads: Optional[int] = None  # torch CPU threads (None: torch's default)
+    resume: Optional[str] = None  # true: this or the unfinished imitation run with these settings; or a run folder
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self) -> None:
+        if not resume_requested(self.resume):
+            for key, made_by in (("expert", "scripts/train_rl.py obs=state"), ("encoder", "scripts/train.py")):
+                if not getattr(self, key):
+                    raise ConfigError(f"imitation needs {key}=PATH: a run folder of {made_by}")
+
+
 def register() -> None:
-    """Register :class:`RLRunConfig` with Hydra's ConfigStore as ``rl_base_config`` (idempotent)."""
+    """Register :class:`RLRunConfig` and :class:`ImitationRunConfig` with Hydra's ConfigStore as
+    ``rl_base_config`` and ``imitate_base_config`` (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     from dsae.config import register as register_dsae
 
     register_dsae()  # the help resolver
     ConfigStore.instance().store(name="rl_base_config", node=schema_node(RLRunConfig))
+    ConfigStore.instance().store(name="imitate_base_config", node=schema_node(ImitationRunConfig))

@@ -1,12 +1,14 @@
-"""What an RL run and a film of its agent share: building the envs and the agent from an
-:class:`~dsae.rl.config.RLRunConfig`, playing evaluation episodes, the agent checkpoint's
-format, and :class:`Policy`, a trained agent loaded from its run folder.
+"""What RL runs, imitation runs and films of their policies share: building the envs and the
+agent from an :class:`~dsae.rl.config.RLRunConfig`, playing evaluation episodes (with a task's
+success and the random and do-nothing baselines), the agent checkpoint's format, and
+:class:`Policy`, a trained policy loaded from its run folder.
 
 The agent checkpoint (``checkpoints/agent.pt``, :data:`dsae.checkpoint.AGENT_CHECKPOINT`) is a
-dict: ``model`` ("sac"), ``config`` (the run's settings), ``env_resolved`` (the scene as the agent
-saw it, camera settings taken from its encoder), ``agent`` and the three optimisers' states, and
-the run's progress (``buffer``, ``rng``, ``step``, ``episode``, ``elapsed_s``, ``evals``,
-``random_return``, ``wandb_id``) that resuming needs. :func:`agent_checkpoint` writes that dict,
+dict: ``model`` ("sac"; an imitation run's is "imitation", see :mod:`dsae.rl.imitation`),
+``config`` (the run's settings), ``env_resolved`` (the scene as the agent saw it, camera settings
+taken from its encoder), ``agent`` and the three optimisers' states, and the run's progress
+(``buffer``, ``rng``, ``step``, ``episode``, ``elapsed_s``, ``evals``, ``baselines``,
+``wandb_id``) that resuming needs. :func:`agent_checkpoint` writes that dict,
 :func:`restore_agent` and :func:`load_agent_checkpoint` read it.
 """
 
@@ -46,7 +48,8 @@ class AgentFactory:
             from dsae.api import load_encoder
 
             self.encoder = load_encoder(cfg.encoder, device)
-            self.env_cfg = _encoder_scene(cfg.env, self.encoder.env_config, cfg.encoder)
+            self.env_cfg = encoder_scene(cfg.env, self.encoder.env_config, cfg.encoder,
+                                         f"pass env={self.encoder.env_config.name} or an encoder trained on {cfg.env.name}")
 
     def make_env(self) -> gym.Env:
         env = make_env(self.env_cfg)
@@ -71,12 +74,17 @@ class AgentFactory:
         return SACAgent(r, features, env.action_space.shape[0]).to(self.device)
 
 
-def _encoder_scene(env_cfg: EnvConfig, trained: EnvConfig, path: str) -> EnvConfig:
-    """The run's scene, rendered as the encoder's training frames were (its VISUAL_FIELDS)."""
+def encoder_scene(env_cfg: EnvConfig, trained: EnvConfig, path: str, remedy: str) -> EnvConfig:
+    """The scene ``env_cfg`` rendered as an encoder's training frames were (its VISUAL_FIELDS);
+    ``trained``: the encoder's scene; a scene of another name is refused, saying ``remedy``."""
     if trained.name != env_cfg.name:
-        raise ConfigError(f"encoder={path} was trained on env {trained.name!r}, not {env_cfg.name!r}: "
-                          f"pass env={trained.name} or an encoder trained on {env_cfg.name}")
+        raise ConfigError(f"encoder={path} was trained on env {trained.name!r}, not {env_cfg.name!r}: {remedy}")
     return replace(env_cfg, **{k: copy.deepcopy(getattr(trained, k)) for k in VISUAL_FIELDS})
+
+
+def train_seed(seed: int, episode: int) -> int:
+    """The reset seed of training episode ``episode`` of a run with ``seed`` (never an evaluation seed)."""
+    return (seed * 1_000_003 + episode) % 2**30
 
 
 def scale_action(space: gym.spaces.Box, action: np.ndarray) -> np.ndarray:
@@ -84,19 +92,50 @@ def scale_action(space: gym.spaces.Box, action: np.ndarray) -> np.ndarray:
     return (space.low + (action + 1.0) * 0.5 * (space.high - space.low)).astype(space.dtype)
 
 
-def evaluate_policy(env: gym.Env, act: Callable[[Any], np.ndarray], episodes: int) -> list[float]:
-    """Returns of ``episodes`` fixed evaluation episodes (seeds EVAL_SEED + i); ``act`` gives
-    actions in [-1, 1]."""
-    returns = []
+def evaluate_policy(env: gym.Env, act: Callable[[Any], np.ndarray], episodes: int) -> dict[str, list]:
+    """Play ``episodes`` fixed evaluation episodes (seeds EVAL_SEED + i); ``act`` gives actions in
+    [-1, 1]. Returns ``{"returns": [...]}``, and in a scene with a task (``env.task_object``) each
+    episode's ``success`` and final ``goal_distance`` (metres) too."""
+    out: dict[str, list] = {"returns": []}
     for i in range(episodes):
-        obs, _ = env.reset(seed=EVAL_SEED + i)
+        obs, info = env.reset(seed=EVAL_SEED + i)
         total, done = 0.0, False
         while not done:
-            obs, reward, terminated, truncated, _ = env.step(scale_action(env.action_space, act(obs)))
+            obs, reward, terminated, truncated, info = env.step(scale_action(env.action_space, act(obs)))
             total += float(reward)
             done = terminated or truncated
-        returns.append(total)
-    return returns
+        out["returns"].append(total)
+        for key in ("success", "goal_distance") if "success" in info else ():
+            out.setdefault(key, []).append(info[key])
+    return out
+
+
+def summarise(evaluation: dict[str, list]) -> dict[str, Any]:
+    """An :func:`evaluate_policy` result in figures: ``return_mean``, ``return_std``, ``returns``
+    and, with a task, ``success_rate`` and ``goal_distance_mean`` (metres)."""
+    returns = evaluation["returns"]
+    out = {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)), "returns": returns}
+    if "success" in evaluation:
+        out["success_rate"] = float(np.mean(evaluation["success"]))
+        out["goal_distance_mean"] = float(np.mean(evaluation["goal_distance"]))
+    return out
+
+
+def figures(summary: dict[str, Any]) -> str:
+    """A :func:`summarise`d evaluation in a few words: return, and success with a task."""
+    text = f"return {summary['return_mean']:.2f}"
+    if "success_rate" in summary:
+        text += f", success {summary['success_rate']:.0%}, goal distance {summary['goal_distance_mean']:.3f} m"
+    return text
+
+
+def baselines(env: gym.Env, episodes: int, seed: int) -> dict[str, dict[str, Any]]:
+    """What a policy must beat, on the evaluation episodes: ``random`` (uniform actions) and
+    ``do_nothing`` (the action box's centre: zero torque for the MuJoCo tasks), each
+    :func:`summarise`d."""
+    rng, shape = np.random.default_rng(seed), env.action_space.shape
+    return {"random": summarise(evaluate_policy(env, lambda o: rng.uniform(-1.0, 1.0, shape), episodes)),
+            "do_nothing": summarise(evaluate_policy(env, lambda o: np.zeros(shape), episodes))}
 
 
 def agent_checkpoint(agent: SACAgent, cfg: RLRunConfig, env_cfg: EnvConfig, **progress: Any) -> dict[str, Any]:
@@ -106,7 +145,7 @@ def agent_checkpoint(agent: SACAgent, cfg: RLRunConfig, env_cfg: EnvConfig, **pr
             **{name: getattr(agent, name).state_dict() for name in OPTIMIZERS}, **progress}
 
 
-def load_agent_weights(agent: SACAgent, state: dict[str, Any]) -> None:
+def load_agent_weights(agent: torch.nn.Module, state: dict[str, Any]) -> None:
     """The agent's weights from its checkpoint; a checkpoint of another layout is named, not a traceback."""
     try:
         agent.load_state_dict(state["agent"])
@@ -125,18 +164,30 @@ def restore_agent(agent: SACAgent, state: dict[str, Any]) -> None:
 def load_agent_checkpoint(path: Path | str) -> dict[str, Any]:
     """An agent checkpoint from its file or run folder; refuses a DSAE's checkpoint."""
     state = load_checkpoint(checkpoint_file(path, AGENT_CHECKPOINT))
-    if state.get("model") != "sac":
-        raise CheckpointError(f"{path} is not an RL agent checkpoint (scripts/train_rl.py writes those)")
+    if state.get("model") not in ("sac", "imitation"):
+        raise CheckpointError(f"{path} is not a policy's checkpoint (scripts/train_rl.py and scripts/imitate.py "
+                              "write those)")
     return state
 
 
 class Policy:
-    """A trained agent loaded from its run: ``policy.act(obs)`` on observations of ``policy.make_env()``."""
+    """A trained policy loaded from its run folder: a SAC agent of ``scripts/train_rl.py`` or a
+    keypoint student of ``scripts/imitate.py`` (``kind``: "sac" or "imitation").
+    ``policy.act(obs)`` acts on observations of ``policy.make_env()``; ``policy.agent.act`` gives
+    the same action in [-1, 1]."""
 
     def __init__(self, path: Path | str, device: Optional[str | torch.device] = None):
         state = load_agent_checkpoint(path)
-        self.cfg = from_dict(state["config"], RLRunConfig)
-        self.factory = AgentFactory(self.cfg, resolve_device(device))
+        self.kind = state["model"]
+        if self.kind == "sac":
+            self.cfg = from_dict(state["config"], RLRunConfig)
+            self.factory = AgentFactory(self.cfg, resolve_device(device))
+        else:
+            from dsae.rl.config import ImitationRunConfig
+            from dsae.rl.imitation import StudentFactory
+
+            self.cfg = from_dict(state["config"], ImitationRunConfig)
+            self.factory = StudentFactory(self.cfg, resolve_device(device), from_dict(state["env_resolved"], EnvConfig))
         env = self.factory.make_env()
         self.agent = self.factory.make_agent(env)
         self.action_space = env.action_space

@@ -233,79 +233,61 @@ def to_tensors(obs: Any, device: torch.device, unsqueeze: bool = False) -> Any:
     return t.unsqueeze(0) if unsqueeze else t
 
 
-class ReplayBuffer:
-    """Fixed-size transitions in numpy; observations may be arrays or dicts of arrays."""
+class ArrayStore:
+    """Fixed-capacity records in numpy (a ring: the oldest go first when full). Each field is an
+    array or a dict of arrays, stored as float32, or uint8 where the example is uint8 (frames)."""
 
-    def __init__(self, capacity: int, obs_example: Any, action_dim: int):
+    def __init__(self, capacity: int, example: dict[str, Any]):
         self.capacity, self.size, self.pos = capacity, 0, 0
 
         def alloc(x):
             if isinstance(x, dict):
                 return {k: alloc(v) for k, v in x.items()}
             x = np.asarray(x)
-            dtype = np.uint8 if x.dtype == np.uint8 else np.float32
-            return np.zeros((capacity, *x.shape), dtype=dtype)
+            return np.zeros((capacity, *x.shape), dtype=np.uint8 if x.dtype == np.uint8 else np.float32)
 
-        self.obs, self.next_obs = alloc(obs_example), alloc(obs_example)
-        self.action = np.zeros((capacity, action_dim), dtype=np.float32)
-        self.reward = np.zeros(capacity, dtype=np.float32)
-        self.not_done = np.zeros(capacity, dtype=np.float32)
+        self.fields = {name: alloc(x) for name, x in example.items()}
 
-    @staticmethod
-    def _put(store, i, x):
-        if isinstance(store, dict):
-            for k in store:
-                store[k][i] = x[k]
-        else:
-            store[i] = x
-
-    @staticmethod
-    def _take(store, idx):
-        if isinstance(store, dict):
-            return {k: v[idx] for k, v in store.items()}
-        return store[idx]
-
-    def add(self, obs, action, reward, next_obs, terminated: bool) -> None:
-        self._put(self.obs, self.pos, obs)
-        self._put(self.next_obs, self.pos, next_obs)
-        self.action[self.pos] = action
-        self.reward[self.pos] = reward
-        self.not_done[self.pos] = 0.0 if terminated else 1.0  # time-limit truncation still bootstraps
+    def add(self, **record: Any) -> None:
+        """Store one record: a value for each field."""
+        for name, store in self.fields.items():
+            for key, array in (store.items() if isinstance(store, dict) else [(None, store)]):
+                array[self.pos] = record[name] if key is None else record[name][key]
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device) -> dict[str, Any]:
+        """``batch_size`` records drawn uniformly with replacement, as tensors on ``device``."""
         idx = rng.integers(0, self.size, size=batch_size)
-        return {
-            "obs": to_tensors(self._take(self.obs, idx), device),
-            "action": torch.as_tensor(self.action[idx], device=device),
-            "reward": torch.as_tensor(self.reward[idx], device=device),
-            "next_obs": to_tensors(self._take(self.next_obs, idx), device),
-            "not_done": torch.as_tensor(self.not_done[idx], device=device),
-        }
+        return {name: to_tensors({k: v[idx] for k, v in store.items()} if isinstance(store, dict) else store[idx],
+                                 device) for name, store in self.fields.items()}
 
     def state_dict(self) -> dict[str, Any]:
         n = self.size
-
-        def cut(store):
-            return {k: v[:n] for k, v in store.items()} if isinstance(store, dict) else store[:n]
-
-        return {"size": n, "pos": self.pos, "obs": cut(self.obs), "next_obs": cut(self.next_obs),
-                "action": self.action[:n], "reward": self.reward[:n], "not_done": self.not_done[:n]}
+        cut = {name: {k: v[:n] for k, v in store.items()} if isinstance(store, dict) else store[:n]
+               for name, store in self.fields.items()}
+        return {"size": n, "pos": self.pos, **cut}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         n = state["size"]
         if n > self.capacity:
-            raise ConfigError(f"the saved buffer holds {n} transitions, more than rl.buffer_size={self.capacity}")
+            raise ConfigError(f"the saved records number {n}, more than this store's capacity {self.capacity}")
+        # Into a larger store (a run given a larger budget), oldest first, so new records follow them.
+        order = np.roll(np.arange(n), -(state["pos"] % max(n, 1))) if n < self.capacity else slice(None)
+        for name, store in self.fields.items():
+            for key, array in (store.items() if isinstance(store, dict) else [(None, store)]):
+                array[:n] = (state[name] if key is None else state[name][key])[order]
+        self.size, self.pos = n, state["pos"] if n == self.capacity else n
 
-        def fill(store, saved):
-            if isinstance(store, dict):
-                for k in store:
-                    store[k][:n] = saved[k]
-            else:
-                store[:n] = saved
 
-        fill(self.obs, state["obs"])
-        fill(self.next_obs, state["next_obs"])
-        self.action[:n], self.reward[:n], self.not_done[:n] = state["action"], state["reward"], state["not_done"]
-        self.size, self.pos = n, state["pos"]
+class ReplayBuffer(ArrayStore):
+    """SAC's transitions: ``obs``, ``action``, ``reward``, ``next_obs`` and ``not_done``;
+    observations may be arrays or dicts of arrays."""
+
+    def __init__(self, capacity: int, obs_example: Any, action_dim: int):
+        super().__init__(capacity, {"obs": obs_example, "action": np.zeros(action_dim, np.float32),
+                                    "reward": np.float32(0), "next_obs": obs_example, "not_done": np.float32(0)})
+
+    def add(self, obs, action, reward, next_obs, terminated: bool) -> None:  # type: ignore[override]
+        # time-limit truncation still bootstraps: only termination zeroes not_done
+        super().add(obs=obs, action=action, reward=reward, next_obs=next_obs, not_done=0.0 if terminated else 1.0)

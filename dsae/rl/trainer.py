@@ -12,13 +12,14 @@ one of three observations, for an honest comparison:
   trained end to end by the critic; plus the joint features.
 
 Every ``rl.eval_every`` env steps the deterministic policy plays ``rl.eval_episodes`` fixed
-evaluation episodes (the same seeds in every run and mode). The run folder gets
+evaluation episodes (the same seeds in every run and mode); in a scene with a task (Pusher) each
+evaluation also gives the success rate and the final object-to-goal distance. Before training, a
+random policy and a do-nothing policy play the same episodes (``baselines``). The run folder gets
 ``returns.csv`` (every training episode and every evaluation), ``scalars.jsonl`` and the wandb
 run, ``checkpoints/agent.pt`` (:mod:`dsae.rl.policy`: ``resume=true`` or ``resume=PATH``
-continues exactly) and, last, ``metrics.json``: the final evaluation's mean and std return, env
-steps, wall time, and the normalised score (R - R_random) / (R_state - R_random) when
-``rl.state_return`` is given (R_random is ``rl.random_return``, or measured with uniform random
-actions on the evaluation episodes).
+continues exactly) and, last, ``metrics.json``: the final evaluation's figures, the baselines',
+the curve, env steps, wall time, and the normalised score (R - R_random) / (R_state - R_random)
+when ``rl.state_return`` is given (R_random is ``rl.random_return``, or the random baseline's).
 """
 
 from __future__ import annotations
@@ -47,14 +48,21 @@ from dsae.config import from_dict, to_dict
 from dsae.device import resolve_device
 from dsae.logger import Logger, drop_rows_after
 from dsae.rl.config import RLRunConfig
-from dsae.rl.policy import AgentFactory, agent_checkpoint, evaluate_policy, load_agent_checkpoint, restore_agent, scale_action
+from dsae.rl.policy import (
+    AgentFactory,
+    agent_checkpoint,
+    baselines,
+    evaluate_policy,
+    figures,
+    load_agent_checkpoint,
+    restore_agent,
+    scale_action,
+    summarise,
+    train_seed,
+)
 from dsae.rl.sac import ReplayBuffer
 
 RETURNS_CSV = "returns.csv"
-
-
-def _train_seed(seed: int, episode: int) -> int:
-    return (seed * 1_000_003 + episode) % 2**31
 
 
 def _normalised(ret: float, random_return: Optional[float], state_return: Optional[float]) -> Optional[float]:
@@ -84,18 +92,20 @@ class RLTrainer:
         self.factory = AgentFactory(cfg, self.device)
         self.env, self.eval_env = self.factory.make_env(), self.factory.make_env()
         self.agent = self.factory.make_agent(self.env)
-        self.obs, _ = self.env.reset(seed=_train_seed(cfg.seed, 0))
+        self.obs, _ = self.env.reset(seed=train_seed(cfg.seed, 0))
         self.buffer = ReplayBuffer(self.r.buffer_size or self.r.steps, self.obs, self.env.action_space.shape[0])
         self.rng = np.random.default_rng(cfg.seed)  # buffer sampling and warm-up actions
         self.step, self.episode, self.elapsed, wandb_id = 0, 0, 0.0, None
         self.evals: list[dict[str, Any]] = []
-        self.random_return = self.r.random_return
         if state is not None:
             wandb_id = self._restore(state)
-        elif self.random_return is None:
-            self.random_return = float(np.mean(evaluate_policy(self.eval_env, self._random_action, self.r.eval_episodes)))
-            print(f"[dsae] random policy on the {self.r.eval_episodes} evaluation episodes: "
-                  f"mean return {self.random_return:.2f}")
+        else:
+            self.baselines = baselines(self.eval_env, self.r.eval_episodes, cfg.seed)
+            print(f"[dsae] on the {self.r.eval_episodes} evaluation episodes: " + "; ".join(
+                f"{name} policy {figures(b)}" for name, b in self.baselines.items()))
+        self.random_return = self.r.random_return
+        if self.random_return is None:
+            self.random_return = self.baselines["random"]["return_mean"]
         self.logger = Logger(cfg.logger, run_dir, to_dict(cfg), name=run_dir.name, resume_id=wandb_id,
                              resume_step=self.step if state is not None else None)
         new_csv = not (run_dir / RETURNS_CSV).exists()
@@ -110,9 +120,9 @@ class RLTrainer:
         set_rng_state(state["rng"])
         self.rng.bit_generator.state = state["rng"]["numpy_generator"]
         self.step, self.episode, self.elapsed = state["step"], state["episode"], state["elapsed_s"]
-        self.evals, self.random_return = state["evals"], state["random_return"]
+        self.evals, self.baselines = state["evals"], state["baselines"]
         drop_rows_after(self.run_dir / RETURNS_CSV, self.step)
-        self.obs, _ = self.env.reset(seed=_train_seed(self.cfg.seed, self.episode))
+        self.obs, _ = self.env.reset(seed=train_seed(self.cfg.seed, self.episode))
         return state.get("wandb_id")
 
     def _random_action(self, obs: Any = None) -> np.ndarray:
@@ -124,15 +134,16 @@ class RLTrainer:
     def evaluate(self) -> dict[str, Any]:
         """Deterministic evaluation episodes: a row in returns.csv, the logger and ``evals``."""
         self.agent.eval()
-        returns = evaluate_policy(self.eval_env, lambda o: self.agent.act(o, deterministic=True), self.r.eval_episodes)
+        row = summarise(evaluate_policy(self.eval_env, lambda o: self.agent.act(o, deterministic=True),
+                                        self.r.eval_episodes))
         self.agent.train()
-        mean, std = float(np.mean(returns)), float(np.std(returns))
-        row = {"env_step": self.step, "return_mean": mean, "return_std": std, "returns": returns, "wall_s": self.wall()}
+        row = {"env_step": self.step, **row, "wall_s": self.wall()}
         self.evals.append(row)
-        self.csv.writerow([self.step, "eval", "", f"{mean:.4f}", f"{std:.4f}", f"{row['wall_s']:.1f}"])
+        self.csv.writerow([self.step, "eval", "", f"{row['return_mean']:.4f}", f"{row['return_std']:.4f}",
+                           f"{row['wall_s']:.1f}"])
         self.csv_file.flush()
-        scalars = {"eval/return_mean": mean, "eval/return_std": std}
-        score = _normalised(mean, self.random_return, self.r.state_return)
+        scalars = {f"eval/{k}": v for k, v in row.items() if k not in ("env_step", "returns", "wall_s")}
+        score = _normalised(row["return_mean"], self.random_return, self.r.state_return)
         if score is not None:
             scalars["eval/normalised_score"] = score
         self.logger.log(scalars, self.step)
@@ -142,7 +153,7 @@ class RLTrainer:
         save_checkpoint(self.run_dir / AGENT_CHECKPOINT, agent_checkpoint(
             self.agent, self.cfg, self.factory.env_cfg, buffer=self.buffer.state_dict(),
             rng={**rng_state(), "numpy_generator": self.rng.bit_generator.state}, step=self.step,
-            episode=self.episode, elapsed_s=self.wall(), evals=self.evals, random_return=self.random_return,
+            episode=self.episode, elapsed_s=self.wall(), evals=self.evals, baselines=self.baselines,
             wandb_id=self.logger.run_id))
 
     def env_step(self) -> tuple[float, bool]:
@@ -168,7 +179,7 @@ class RLTrainer:
         self.csv.writerow([self.step, "train", self.episode, f"{ep_return:.4f}", "", f"{self.wall():.1f}"])
         self.logger.log({"train/episode_return": ep_return, "train/episode_length": ep_len}, self.step)
         self.episode += 1
-        self.obs, _ = self.env.reset(seed=_train_seed(self.cfg.seed, self.episode))
+        self.obs, _ = self.env.reset(seed=train_seed(self.cfg.seed, self.episode))
 
     def run(self, progress: bool) -> None:
         """Train to ``rl.steps`` env steps; evaluations and checkpoints fall at episode ends."""
@@ -194,7 +205,7 @@ class RLTrainer:
                 self.end_episode(ep_return, ep_len)
                 ep_return, ep_len = 0.0, 0
                 if self.step >= next_eval or self.step >= r.steps:
-                    bar.set_postfix(eval_return=f"{self.evaluate()['return_mean']:.2f}")
+                    bar.set_postfix_str(figures(self.evaluate()))
                     next_eval = _every(self.step, r.eval_every)
                 if self.step >= next_ckpt or self.step >= r.steps:
                     self.checkpoint()
@@ -210,10 +221,11 @@ class RLTrainer:
             "obs": cfg.obs, "env": cfg.env.name, "seed": cfg.seed, "env_steps": self.step,
             "eval_return_mean": final["return_mean"], "eval_return_std": final["return_std"],
             "eval_returns": final["returns"], "eval_episodes": self.r.eval_episodes,
-            "random_return": self.random_return, "state_return": self.r.state_return,
+            **{f"eval_{k}": final[k] for k in ("success_rate", "goal_distance_mean") if k in final},
+            "baselines": self.baselines, "random_return": self.random_return, "state_return": self.r.state_return,
             "normalised_score": _normalised(final["return_mean"], self.random_return, self.r.state_return),
             "wall_s": self.wall(),
-            "curve": [{k: e[k] for k in ("env_step", "return_mean", "return_std", "wall_s")} for e in self.evals],
+            "curve": [{k: v for k, v in e.items() if k != "returns"} for e in self.evals],
             "encoder": str(Path(cfg.encoder).resolve()) if cfg.encoder else None,
             "finetune_encoder": self.r.finetune_encoder, "device": str(self.device),
             "checkpoint": str(self.run_dir / AGENT_CHECKPOINT),

@@ -1,0 +1,66 @@
+"""Run the project's scripts as benchmark jobs, a few at a time, resumably.
+
+A job is a script of ``scripts/`` with its overrides and a run folder. ``run_jobs`` starts them in
+order, ``workers`` at a time (one torch thread each): a job whose folder has ``metrics.json`` is
+read instead of run, one with a checkpoint is resumed (``resume=true``), so a benchmark split over
+sessions picks up where it stopped. Each job's output goes to ``<run folder>.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Job:
+    name: str  # what the benchmark calls it, e.g. "keypoints-seed1"
+    script: str  # a file of scripts/, e.g. "train_rl.py"
+    args: list[str]  # its Hydra overrides (hydra.run.dir, threads, progress and logger are added)
+    run_dir: Path
+    checkpoint: str = "checkpoints/agent.pt"  # resume when this exists in run_dir
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, str(REPO / "scripts" / self.script), *self.args, "threads=1", "progress=false",
+               "logger=none", f"hydra.run.dir={self.run_dir}"]
+        return cmd + ["resume=true"] if (self.run_dir / self.checkpoint).exists() else cmd
+
+
+def run_jobs(jobs: list[Job], workers: int) -> dict[str, dict]:
+    """Run ``jobs`` (in order, ``workers`` at a time) to their end; {job name: its metrics.json}.
+    A failed job stops the others and the benchmark, naming its log."""
+    results: dict[str, dict] = {}
+    pending, running = list(jobs), []
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "WANDB_SILENT": "true"}
+    while pending or running:
+        while pending and len(running) < workers:
+            job = pending.pop(0)
+            if (job.run_dir / "metrics.json").exists():
+                results[job.name] = json.loads((job.run_dir / "metrics.json").read_text())
+                print(f"[bench] {job.name}: already done")
+                continue
+            job.run_dir.parent.mkdir(parents=True, exist_ok=True)
+            log = open(job.run_dir.with_suffix(".log"), "a")
+            print(f"[bench] start {job.name}")
+            running.append((job, subprocess.Popen(job.command(), cwd=REPO, env=env, stdout=log,
+                                                  stderr=subprocess.STDOUT), time.perf_counter()))
+        time.sleep(2)
+        for item in list(running):
+            job, proc, t0 = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if proc.returncode != 0:
+                for _, other, _ in running:
+                    other.kill()
+                raise SystemExit(f"{job.name} failed (exit {proc.returncode}); see {job.run_dir.with_suffix('.log')}")
+            results[job.name] = json.loads((job.run_dir / "metrics.json").read_text())
+            print(f"[bench] {job.name}: done in {(time.perf_counter() - t0) / 60:.1f} min")
+    return results
