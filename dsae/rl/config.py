@@ -2,8 +2,9 @@
 :class:`SACConfig`) and of ``scripts/imitate.py`` (:class:`ImitationRunConfig`, :class:`DAggerConfig`).
 
 Each default lives here, once; ``configs/train_rl.yaml``, ``configs/rl/sac.yaml`` and
-``configs/imitate.yaml`` state only what differs from it. The comment beside a field is its meaning (``--help`` prints it). A config
-checks itself when it is built (from Hydra or in Python) and names the first bad setting.
+``configs/imitate.yaml`` state only what differs from it. The comment beside a field is its
+meaning (``--help`` prints it). A config checks itself when it is built (from Hydra or in
+Python) and names the first bad setting.
 """
 
 from __future__ import annotations
