@@ -75,7 +75,6 @@ def test_finetuning_trains_the_encoder(runs, tmp_path):
 
 
 @pytest.mark.parametrize("expert, message", [
-    (None, "imitation needs expert=PATH"),
     ("missing", "no agent checkpoint at"),
     ("encoder", "no agent checkpoint at"),
     ("encoder/checkpoints/last.pt", "is not a policy's checkpoint"),
@@ -83,11 +82,20 @@ def test_finetuning_trains_the_encoder(runs, tmp_path):
     ("reacher", "was trained on env 'pusher', not 'reacher'"),
 ])
 def test_bad_expert_is_named(runs, tmp_path, expert, message):
+    from dsae.checkpoint import CheckpointError
+    from dsae.errors import ConfigError
+    from dsae.rl import DAggerConfig, ImitationRunConfig, run_imitation
+
     if expert == "reacher" and not (runs / "reacher").exists():
         script("train_rl.py", "obs=state", *tiny_rl(runs, "reacher", 60))
-    args = [a for a in tiny_imitation(runs, tmp_path / "bad") if not a.startswith("expert=")]
-    if expert is not None:
-        args.append(f"expert={runs / expert}")
+    cfg = ImitationRunConfig(expert=str(runs / expert), encoder=str(runs / "encoder"), device="cpu", progress=False,
+                             imitation=DAggerConfig(rounds=1, episodes_per_round=1, eval_episodes=1))
+    with pytest.raises((ConfigError, CheckpointError), match=message):
+        run_imitation(cfg, tmp_path / "bad")
+    assert not (tmp_path / "bad" / "checkpoints").exists(), "nothing is written for a refused expert"
+
+
+def test_imitate_script_without_an_expert_says_what_to_pass(runs, tmp_path):
+    args = [a for a in tiny_imitation(runs, tmp_path / "none") if not a.startswith("expert=")]
     out = script("imitate.py", *args, check=False)
-    assert out.returncode != 0 and message in out.stderr + out.stdout, out.stderr[-2000:]
-    assert "Traceback" not in out.stderr
+    assert out.returncode == 2 and "imitation needs expert=PATH" in out.stderr and "Traceback" not in out.stderr
