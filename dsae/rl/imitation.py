@@ -36,10 +36,7 @@ from dsae.checkpoint import (
     AGENT_CHECKPOINT,
     METRICS,
     RUN_CONFIG,
-    CheckpointError,
     checkpoint_file,
-    find_resume_checkpoint,
-    resumed_config,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -56,7 +53,7 @@ from dsae.rl.policy import (
     encoder_scene,
     evaluate_policy,
     figures,
-    load_agent_checkpoint,
+    resume_run,
     scale_action,
     summarise,
     train_seed,
@@ -277,14 +274,8 @@ def run_imitation(cfg: ImitationRunConfig, run_dir: Path | str,
 
     ``overrides``: the command line's ``key=value`` overrides; a resumed run refuses those that
     would change its settings (None: every setting of ``cfg``)."""
-    run_dir, given, state = Path(run_dir), to_dict(cfg), None
-    resume_from = find_resume_checkpoint(cfg.resume, run_dir, given, checkpoint=AGENT_CHECKPOINT, key="resume")
-    if resume_from is not None:
-        state = load_agent_checkpoint(resume_from)
-        if state["model"] != IMITATION:
-            raise CheckpointError(f"resume={cfg.resume}: {resume_from} is a SAC agent's, not an imitation run's")
-        cfg = from_dict(resumed_config(state["config"], given, overrides, key="resume"), ImitationRunConfig)
-        run_dir = resume_from.parent.parent
+    cfg, run_dir, state = resume_run(cfg, run_dir, overrides, ImitationRunConfig, IMITATION)
+    if state is not None:
         print(f"[dsae] resuming {run_dir} after round {state['round']} of {cfg.imitation.rounds}")
     run = ImitationRun(cfg, run_dir, state)
     try:

@@ -17,13 +17,20 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from dsae.checkpoint import AGENT_CHECKPOINT, CheckpointError, checkpoint_file, load_checkpoint
+from dsae.checkpoint import (
+    AGENT_CHECKPOINT,
+    CheckpointError,
+    checkpoint_file,
+    find_resume_checkpoint,
+    load_checkpoint,
+    resumed_config,
+)
 from dsae.config import from_dict, to_dict
 from dsae.device import resolve_device
 from dsae.errors import ConfigError
@@ -168,6 +175,23 @@ def load_agent_checkpoint(path: Path | str) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a policy's checkpoint (scripts/train_rl.py and scripts/imitate.py "
                               "write those)")
     return state
+
+
+def resume_run(cfg: Any, run_dir: Path | str, overrides: Optional[Sequence[str]], schema: type,
+               model: str) -> tuple[Any, Path, Optional[dict[str, Any]]]:
+    """What a run of ``model`` ("sac" or "imitation") goes on with: ``(cfg, run_dir, None)`` for a
+    fresh run, or the settings, folder and checkpoint state of the run that ``cfg.resume`` names.
+    A checkpoint of the other kind is refused; so are ``overrides`` that change the run's settings."""
+    run_dir, given = Path(run_dir), to_dict(cfg)
+    resume_from = find_resume_checkpoint(cfg.resume, run_dir, given, checkpoint=AGENT_CHECKPOINT, key="resume")
+    if resume_from is None:
+        return cfg, run_dir, None
+    state = load_agent_checkpoint(resume_from)
+    if state["model"] != model:
+        raise CheckpointError(f"resume={cfg.resume}: {resume_from} is the checkpoint of a {state['model']!r} run, "
+                              f"not of a {model!r} run")
+    return from_dict(resumed_config(state["config"], given, overrides, key="resume"), schema), \
+        resume_from.parent.parent, state
 
 
 class Policy:

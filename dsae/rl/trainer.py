@@ -37,14 +37,12 @@ from dsae.checkpoint import (
     AGENT_CHECKPOINT,
     METRICS,
     RUN_CONFIG,
-    find_resume_checkpoint,
-    resumed_config,
     rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
 )
-from dsae.config import from_dict, to_dict
+from dsae.config import to_dict
 from dsae.device import resolve_device
 from dsae.logger import Logger, drop_rows_after
 from dsae.rl.config import RLRunConfig
@@ -54,8 +52,8 @@ from dsae.rl.policy import (
     baselines,
     evaluate_policy,
     figures,
-    load_agent_checkpoint,
     restore_agent,
+    resume_run,
     scale_action,
     summarise,
     train_seed,
@@ -249,12 +247,8 @@ def run_rl(cfg: RLRunConfig, run_dir: Path | str, overrides: Optional[Sequence[s
 
     ``overrides``: the command line's ``key=value`` overrides; a resumed run refuses those that
     would change its settings (None: every setting of ``cfg``)."""
-    run_dir, given, state = Path(run_dir), to_dict(cfg), None
-    resume_from = find_resume_checkpoint(cfg.resume, run_dir, given, checkpoint=AGENT_CHECKPOINT, key="resume")
-    if resume_from is not None:
-        state = load_agent_checkpoint(resume_from)
-        cfg = from_dict(resumed_config(state["config"], given, overrides, key="resume"), RLRunConfig)
-        run_dir = resume_from.parent.parent
+    cfg, run_dir, state = resume_run(cfg, run_dir, overrides, RLRunConfig, "sac")
+    if state is not None:
         print(f"[dsae] resuming {run_dir} from env step {state['step']} of {cfg.rl.steps}")
     trainer = RLTrainer(cfg, run_dir, state)
     try:
