@@ -3,7 +3,8 @@
 A job is a script of ``scripts/`` with its overrides and a run folder. ``run_jobs`` starts them in
 order, ``workers`` at a time (one torch thread each): a job whose folder has ``metrics.json`` is
 read instead of run, one with a checkpoint is resumed (``resume=true``), so a benchmark split over
-sessions picks up where it stopped. Each job's output goes to ``<run folder>.log``.
+sessions picks up where it stopped. Each job's output goes to ``<run folder>.log``. ``plot_seeds``
+draws the runs' curves the same way in every benchmark.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,3 +67,15 @@ def run_jobs(jobs: list[Job], workers: int) -> dict[str, dict]:
             results[job.name] = json.loads((job.run_dir / "metrics.json").read_text())
             print(f"[bench] {job.name}: done in {(time.perf_counter() - t0) / 60:.1f} min")
     return results
+
+
+def plot_seeds(ax, curves: list[list[dict]], x_key: str, y_key: str, colour: str, label: str, **style) -> None:
+    """One line per setting: the mean over seeds of ``y_key`` against ``x_key`` (the curve's rows),
+    the min-max band over seeds around it; curves are cut to the shortest."""
+    n = min(len(c) for c in curves)
+    x = np.array([p[x_key] for p in curves[0][:n]])
+    y = np.array([[p[y_key] for p in c[:n]] for c in curves])
+    seeds = f"{len(curves)} seed{'s' * (len(curves) > 1)}"
+    ax.plot(x, y.mean(0), color=colour, label=f"{label} ({seeds})", **style)
+    if len(curves) > 1:
+        ax.fill_between(x, y.min(0), y.max(0), color=colour, alpha=0.2)

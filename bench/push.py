@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs import Job, run_jobs
+from jobs import Job, plot_seeds, run_jobs
 
 FIGURES = ("success_rate", "goal_distance_mean", "return_mean")
 
@@ -69,18 +69,9 @@ def plot(result: dict, runs: dict[str, list[dict]], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     colours = {"expert": "black", "sac-state": "tab:blue", "sac-keypoints": "tab:green", "imitation": "tab:red"}
     for mode in ("expert", "sac-state", "sac-keypoints"):
-        curves = [m["curve"] for m in runs[mode]]
-        n = min(len(c) for c in curves)
-        x = np.array([p["env_step"] for p in curves[0][:n]])
-        y = np.array([[p["success_rate"] for p in c[:n]] for c in curves])
-        left.plot(x, y.mean(0), color=colours[mode], label=f"{mode} ({len(curves)} seed{'s' * (len(curves) > 1)})")
-        if len(curves) > 1:
-            left.fill_between(x, y.min(0), y.max(0), color=colours[mode], alpha=0.2)
-    curves = [m["curve"] for m in runs["imitation"]]
-    x = np.array([p["round"] for p in curves[0]])
-    y = np.array([[p["success_rate"] for p in c] for c in curves])
-    right.plot(x, y.mean(0), color=colours["imitation"], marker="o", label=f"DAgger on keypoints ({len(curves)} seeds)")
-    right.fill_between(x, y.min(0), y.max(0), color=colours["imitation"], alpha=0.2)
+        plot_seeds(left, [m["curve"] for m in runs[mode]], "env_step", "success_rate", colours[mode], mode)
+    plot_seeds(right, [m["curve"] for m in runs["imitation"]], "round", "success_rate", colours["imitation"],
+               "DAgger on keypoints", marker="o")
     right.axhline(result["modes"]["expert"]["success_rate_mean"], color="black", label="the state expert")
     for ax in (left, right):
         ax.axhline(result["do_nothing"]["success_rate"], color="grey", linestyle=":", label="do nothing")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs import Job, run_jobs
+from jobs import Job, plot_seeds, run_jobs
 
 MODES = ("state", "pixels", "keypoints")
 
@@ -36,14 +36,8 @@ def plot(curves: dict[str, list[list[dict]]], path: Path, refs: dict[str, float]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     colours = {"state": "tab:blue", "pixels": "tab:orange", "keypoints": "tab:green"}
     for mode, runs in curves.items():
-        if not runs:
-            continue
-        n = min(len(r) for r in runs)
-        x = np.array([p["env_step"] for p in runs[0][:n]])
-        y = np.array([[p["return_mean"] for p in r[:n]] for r in runs])
-        ax.plot(x, y.mean(0), color=colours[mode], label=f"{mode} ({len(runs)} seed{'s' * (len(runs) > 1)})")
-        if len(runs) > 1:
-            ax.fill_between(x, y.min(0), y.max(0), color=colours[mode], alpha=0.2)
+        if runs:
+            plot_seeds(ax, runs, "env_step", "return_mean", colours[mode], mode)
     for name, value in refs.items():
         ax.axhline(value, color="grey", linestyle="--" if name == "random" else ":", linewidth=1)
         ax.text(0, value, f"{name} ", va="bottom", fontsize=8, color="grey")

@@ -244,12 +244,15 @@ def _schema(dotted: str) -> type:
 
 
 def field_comments(schema: type) -> dict[str, str]:
-    """The comment written beside each field of a dataclass, from its source."""
+    """The comment written beside each field of a dataclass (and of its dataclass bases), from
+    their source."""
     comments = {}
-    for line in inspect.getsource(schema).splitlines():
-        found = re.match(r"\s+(\w+): [^#]*#\s?(.*)$", line)
-        if found:
-            comments[found.group(1)] = found.group(2)
+    for cls in reversed(schema.__mro__):
+        if dataclasses.is_dataclass(cls):
+            for line in inspect.getsource(cls).splitlines():
+                found = re.match(r"\s+(\w+): [^#]*#\s?(.*)$", line)
+                if found:
+                    comments[found.group(1)] = found.group(2)
     return comments
 
 
@@ -257,7 +260,8 @@ def describe(schema: type, prefix: str = "", values: Any = None) -> str:
     """Every setting of ``schema`` (nested dataclasses too), one a line: ``key = default  # meaning``.
     ``values``: an instance whose values to show instead of the field defaults."""
     lines, comments = [], field_comments(schema)
-    for f in dataclasses.fields(schema):
+    own = schema.__dict__.get("__annotations__", {})
+    for f in sorted(dataclasses.fields(schema), key=lambda f: f.name not in own):  # its own fields first, then its bases'
         if values is not None:
             value = getattr(values, f.name)
         else:

@@ -15,8 +15,8 @@ from typing import Any, Optional
 import imageio.v3 as iio
 import numpy as np
 
+from dsae.checkpoint import METRICS
 from dsae.config import LoggerConfig
-
 
 
 def drop_rows_after(path: Path, step: int) -> None:
@@ -94,6 +94,13 @@ class Logger:
         if self.wandb_run is not None:
             for k, v in values.items():
                 self.wandb_run.summary[k] = v
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        """End a run: its scalar figures become the wandb summary, the log closes, and ``metrics``
+        is written to ``<run>/metrics.json`` (last: a run folder that has it is finished)."""
+        self.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+        self.close()
+        (self.run_dir / METRICS).write_text(json.dumps(metrics, indent=2))
 
     def close(self) -> None:
         if self._scalars is not None:

@@ -26,7 +26,6 @@ import torch
 
 from dsae.checkpoint import (
     CHECKPOINT,
-    METRICS,
     RUN_CONFIG,
     find_resume_checkpoint,
     load_checkpoint,
@@ -293,10 +292,8 @@ class Trainer:
             "env": cfg.env.name, "image_size": dataset.image_size, "num_keypoints": cfg.model.num_keypoints,
             **self.hardware, "held_out_episodes": int(len(self.val_eps)), "processes": self.world,
         }
-        self.logger.summary({k: v for k, v in metrics.items() if not isinstance(v, dict)})
         self.logger.log({f"probe/r2_{o}": v for o, v in metrics["probe_r2"].items() if v is not None}, self.step)
-        self.logger.close()
-        (self.run_dir / METRICS).write_text(json.dumps(metrics, indent=2))
+        self.logger.finish(metrics)
         distributed.barrier(self.world)
         return metrics
 

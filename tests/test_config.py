@@ -122,6 +122,13 @@ def test_help_lists_every_setting_with_its_default_and_meaning():
     assert "  env.name = 'reacher'" in text and "  vis.seed = 1000" in text
 
 
+def test_help_of_a_run_schema_lists_its_own_settings_first_then_the_shared_ones_with_their_meaning():
+    for schema, first in ((RLRunConfig, "  obs = 'keypoints'"), (ImitationRunConfig, "  expert = None")):
+        text = describe(schema)
+        assert text.index(first) < text.index("  seed = 0  # weights, collected transitions") < text.index(
+            "  progress = True  # tqdm progress bar")
+
+
 def test_python_defaults_are_the_hydra_defaults():
     """Config() in Python and `python scripts/train.py` with no overrides hold the same settings;
     so do RLRunConfig(obs=...) and `python scripts/train_rl.py obs=...`."""

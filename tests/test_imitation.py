@@ -2,6 +2,8 @@
 kill -> resume to the same weights, fine-tuning, filming, and bad input named."""
 
 import json
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -99,3 +101,23 @@ def test_imitate_script_without_an_expert_says_what_to_pass(runs, tmp_path):
     args = [a for a in tiny_imitation(runs, tmp_path / "none") if not a.startswith("expert=")]
     out = script("imitate.py", *args, check=False)
     assert out.returncode == 2 and "imitation needs expert=PATH" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_push_benchmark_reuses_the_expert_and_tabulates_every_policy(runs, tmp_path):
+    """bench/push.py on a tiny budget: the finished expert is read, not trained again; SAC on state
+    and on keypoints and DAgger each run; the JSON, the plot and the table hold every policy."""
+    out = tmp_path / "push"
+    shutil.copytree(runs / "expert", out / "expert")
+    tiny = ["rl.init_steps=24", "rl.batch_size=16", "rl.hidden=[32]", "rl.eval_episodes=2", "env.max_episode_steps=12",
+            "device=cpu", "imitation.rounds=1", "imitation.episodes_per_round=1", "imitation.updates_per_round=5",
+            "imitation.batch_size=8", "imitation.hidden=[16]", "imitation.eval_episodes=2"]
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "push.py"), "--encoder", str(runs / "encoder"),
+                           "--seeds", "1", "--sac-steps", "36", "--out", str(out), "--", *tiny],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "[bench] expert: already done" in proc.stdout and "| DAgger on keypoints | 12 | 1 |" in proc.stdout
+    result = json.loads((out / "push.json").read_text())
+    assert set(result["modes"]) == {"expert", "imitation", "sac-state", "sac-keypoints"}
+    assert result["modes"]["sac-keypoints"]["env_steps"] == result["modes"]["sac-state"]["env_steps"] == 36
+    assert result["modes"]["expert"]["env_steps"] == 96 and 0 <= result["do_nothing"]["success_rate"] <= 1
+    assert (out / "push.png").stat().st_size > 0

@@ -42,6 +42,17 @@ def test_drop_rows_after_keeps_a_csv_header(tmp_path):
     assert path.read_text().splitlines() == ["env_step,kind", "10,train", "20,eval"]
 
 
+def test_finishing_a_log_writes_the_metrics_last_and_closes_the_scalars_file(tmp_path):
+    from dsae.config import LoggerConfig
+    from dsae.logger import Logger
+
+    logger = Logger(LoggerConfig(backend="none"), tmp_path, config={})
+    logger.log({"loss": 1.0}, step=3)
+    logger.finish({"probe_r2": {"fingertip": 0.9}, "steps": 3})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"probe_r2": {"fingertip": 0.9}, "steps": 3}
+    assert logger._scalars.closed and (tmp_path / "scalars.jsonl").read_text() == '{"step": 3, "loss": 1.0}\n'
+
+
 def test_the_precision_and_hardware_a_run_trained_on_are_recorded(tiny_dataset, tmp_path):
     """train.amp=auto gives bf16 on some CPUs and float32 on others: say which, and where."""
     cfg, _ = tiny_dataset

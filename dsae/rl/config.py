@@ -69,19 +69,25 @@ class SACConfig:
 
 
 @dataclass
-class RLRunConfig:
+class RunSettings:
+    """What every run of ``scripts/train_rl.py`` and ``scripts/imitate.py`` has besides its task."""
+
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0  # weights, collected transitions and training episodes
+    device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:1, ...
+    threads: Optional[int] = None  # torch CPU threads (None: torch's default)
+    resume: Optional[str] = None  # true: this or the unfinished run of this script with these settings; or a run folder
+    progress: bool = True  # tqdm progress bar
+
+
+@dataclass
+class RLRunConfig(RunSettings):
     """Top-level schema of ``configs/train_rl.yaml``."""
 
     obs: str = "keypoints"  # state (the env's own vector) | pixels (vision from scratch) | keypoints (the DSAE's)
     encoder: Optional[str] = None  # obs=keypoints: a run folder of scripts/train.py (or its checkpoints/last.pt)
     env: EnvConfig = field(default_factory=task_scene)  # the scene (configs/env/<name>.yaml)
     rl: SACConfig = field(default_factory=SACConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    seed: int = 0  # agent, buffer and training episodes
-    device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:1, ...
-    threads: Optional[int] = None  # torch CPU threads (None: torch's default)
-    resume: Optional[str] = None  # true: this or the unfinished RL run with these settings; or a run folder
-    progress: bool = True  # tqdm progress bar
 
     def __post_init__(self) -> None:
         if self.obs not in OBS_MODES:
@@ -118,19 +124,13 @@ class DAggerConfig:
 
 
 @dataclass
-class ImitationRunConfig:
+class ImitationRunConfig(RunSettings):
     """Top-level schema of ``configs/imitate.yaml``. The scene is the expert's, rendered as the
     encoder's training frames were."""
 
     expert: Optional[str] = None  # a scripts/train_rl.py obs=state run folder: the expert that labels
     encoder: Optional[str] = None  # a scripts/train.py run folder of the same scene: the student's keypoints
     imitation: DAggerConfig = field(default_factory=DAggerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    seed: int = 0  # student, data and training episodes
-    device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:1, ...
-    threads: Optional[int] = None  # torch CPU threads (None: torch's default)
-    resume: Optional[str] = None  # true: this or the unfinished imitation run with these settings; or a run folder
-    progress: bool = True  # tqdm progress bar
 
     def __post_init__(self) -> None:
         if not resume_requested(self.resume):

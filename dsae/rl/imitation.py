@@ -34,7 +34,6 @@ from torch import nn
 
 from dsae.checkpoint import (
     AGENT_CHECKPOINT,
-    METRICS,
     RUN_CONFIG,
     checkpoint_file,
     rng_state,
@@ -253,10 +252,8 @@ class ImitationRun:
             "finetune_encoder": self.d.finetune_encoder, "device": str(self.device),
             "checkpoint": str(self.run_dir / AGENT_CHECKPOINT),
         }
-        self.logger.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
-        self.logger.close()
         self.close_envs()
-        (self.run_dir / METRICS).write_text(json.dumps(metrics, indent=2))
+        self.logger.finish(metrics)
         return metrics
 
     def close_envs(self) -> None:

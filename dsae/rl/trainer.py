@@ -35,7 +35,6 @@ import torch
 
 from dsae.checkpoint import (
     AGENT_CHECKPOINT,
-    METRICS,
     RUN_CONFIG,
     rng_state,
     save_checkpoint,
@@ -228,10 +227,8 @@ class RLTrainer:
             "finetune_encoder": self.r.finetune_encoder, "device": str(self.device),
             "checkpoint": str(self.run_dir / AGENT_CHECKPOINT),
         }
-        self.logger.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
-        self.logger.close()
         self.close_files_and_envs()
-        (self.run_dir / METRICS).write_text(json.dumps(metrics, indent=2))
+        self.logger.finish(metrics)
         return metrics
 
     def close_files_and_envs(self) -> None:
