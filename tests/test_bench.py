@@ -95,6 +95,14 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
     run("keypoint_quality.py", *args)  # a second call reads the finished runs instead of training again
     assert (tmp_path / "kq" / "tiny" / "reacher-seed0" / "metrics.json").stat().st_mtime == first
 
+    # Where the best keypoint sits: its error here is the one metrics.json reports.
+    run("keypoint_offsets.py", str(tmp_path / "kq" / "tiny" / "reacher-seed0"), "--out", str(tmp_path / "off.json"))
+    (figures,) = json.loads((tmp_path / "off.json").read_text()).values()
+    metrics = json.loads((tmp_path / "kq" / "tiny" / "reacher-seed0" / "metrics.json").read_text())
+    for name in ("fingertip", "target"):
+        assert figures[name]["best_err_px"] == pytest.approx(metrics["keypoint_err_px"][name], rel=1e-4)
+        assert figures[name]["nearest_any_px"] <= figures[name]["best_err_px"]
+
 
 def test_large_recording_benchmark(tmp_path):
     out = tmp_path / "large.json"

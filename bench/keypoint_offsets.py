@@ -1,0 +1,78 @@
+"""Diagnostic: where a run's best single keypoint sits relative to each object.
+
+    python bench/keypoint_offsets.py RUN [RUN ...] [--out FILE]
+
+For each ``scripts/train.py`` run folder and each labelled object, on the run's held-out episodes:
+the best keypoint (``keypoint_index`` of its ``metrics.json``), its mean distance to the object,
+its mean offset (keypoint minus object, pixels) and the offset's spread (std per axis), and the
+mean over frames of the distance from the object to the nearest of *any* keypoint. A best
+keypoint whose offset averages near zero but spreads wide follows a point beside the object that
+turns around it; a small nearest-of-any distance beside a large best-single error means the
+keypoints do cover the object but hand it from one to another. Prints a Markdown table; ``--out``
+also writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dsae.api import load_model  # noqa: E402
+from dsae.config import from_dict  # noqa: E402
+from dsae.data import load_dataset  # noqa: E402
+from dsae.evaluate import encode_frames  # noqa: E402
+from dsae.spatial_softmax import to_pixels  # noqa: E402
+
+
+def offsets(run: Path) -> dict[str, dict]:
+    """{object: figures} for one run (see the module docstring)."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    model, state = load_model(run, "cpu")
+    cfg = from_dict(state["config"])
+    dataset = load_dataset(state["dataset"], episodes=cfg.data.episodes, verify=False)
+    rows = dataset.frame_indices(dataset.split(cfg.data.val_fraction)[1])
+    size = dataset.image_size
+    kp = to_pixels(torch.from_numpy(encode_frames(model.encoder, dataset.frames, torch.device("cpu"), rows)),
+                   size, size).numpy()  # (N, K, 2)
+    out = {}
+    for name in dataset.objects:
+        obj = dataset.pixels[name][rows]  # (N, 2)
+        index = metrics["keypoint_index"][name]
+        offset = kp[:, index] - obj
+        out[name] = {"keypoint_index": index, "best_err_px": float(np.linalg.norm(offset, axis=1).mean()),
+                     "mean_offset_px": offset.mean(0).tolist(), "offset_std_px": offset.std(0).tolist(),
+                     "nearest_any_px": float(np.linalg.norm(kp - obj[:, None], axis=-1).min(1).mean())}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="scripts/train.py run folders")
+    parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
+    args = parser.parse_args()
+    for run in args.runs:
+        if not (run / "metrics.json").exists():
+            parser.error(f"{run} is not a finished scripts/train.py run (no metrics.json)")
+    result = {str(run): offsets(run) for run in args.runs}
+    print("| run | object | best keypoint | its error | mean offset | offset std | nearest of any |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for run, objects in result.items():
+        for name, f in objects.items():
+            print(f"| {Path(run).parent.name}/{Path(run).name} | {name} | {f['keypoint_index']} | {f['best_err_px']:.1f} px | "
+                  f"({f['mean_offset_px'][0]:.1f}, {f['mean_offset_px'][1]:.1f}) px | "
+                  f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | {f['nearest_any_px']:.1f} px |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
