@@ -130,7 +130,7 @@ AMP_MODES = ("auto", "bf16", "none")
 class TrainConfig:
     """The ``train`` group: optimisation, logging intervals, resuming, speed options."""
 
-    steps: int = 2000  # optimisation steps
+    steps: int = 1000  # optimisation steps
     batch_size: int = 32  # frame triples per step (3x as many images)
     lr: float = 1e-3  # Adam learning rate
     weight_decay: float = 0.0  # Adam weight decay
