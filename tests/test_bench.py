@@ -11,10 +11,12 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run(script: str, *args: str) -> None:
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``bench/<script>`` to a successful end (its output in the failure message)."""
     proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
 
 
 def test_spatial_softmax_benchmark(tmp_path):

@@ -3,13 +3,13 @@ kill -> resume to the same weights, fine-tuning, filming, and bad input named.""
 
 import json
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 
+from tests.test_bench import run as run_bench
 from tests.test_e2e import REPO, kill_after_first_checkpoint, script, tiny_overrides
 from tests.test_rl_e2e import tiny_rl
 
@@ -111,10 +111,8 @@ def test_push_benchmark_reuses_the_expert_and_tabulates_every_policy(runs, tmp_p
     tiny = ["rl.init_steps=24", "rl.batch_size=16", "rl.hidden=[32]", "rl.eval_episodes=2", "env.max_episode_steps=12",
             "device=cpu", "imitation.rounds=1", "imitation.episodes_per_round=1", "imitation.updates_per_round=5",
             "imitation.batch_size=8", "imitation.hidden=[16]", "imitation.eval_episodes=2"]
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "push.py"), "--encoder", str(runs / "encoder"),
-                           "--seeds", "1", "--sac-steps", "36", "--out", str(out), "--", *tiny],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = run_bench("push.py", "--encoder", str(runs / "encoder"), "--seeds", "1", "--sac-steps", "36",
+                     "--out", str(out), "--", *tiny)
     assert "[bench] expert: already done" in proc.stdout and "| DAgger on keypoints | 12 | 1 |" in proc.stdout
     result = json.loads((out / "push.json").read_text())
     assert set(result["modes"]) == {"expert", "imitation", "sac-state", "sac-keypoints"}
