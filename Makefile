@@ -1,29 +1,36 @@
 # The two commands of the README. Both create .venv on first use and install the project
-# with the tested pins (constraints.txt); the stamp file makes a second run skip set-up.
+# with the tested pins (constraints.txt): `make train` what training needs, `make test` the
+# test extras too. A stamp file per install makes a second run skip set-up.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: setup train test test-fast bench clean
 
-setup: $(STAMP)
+setup: $(TEST_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(PIP) -e .
 	@touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PIP) -e '.[test]'
+	@touch $(TEST_STAMP)
 
 train: $(STAMP)
 	$(PY) scripts/train.py env=reacher $(ARGS)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest $(ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) bench/spatial_softmax.py
 	$(PY) bench/render.py
 	$(PY) bench/train_throughput.py

@@ -43,10 +43,10 @@ def _batches(frames: np.ndarray, rows: Optional[np.ndarray], batch: int, device:
         yield torch.from_numpy(np.ascontiguousarray(frames[rows[start:start + batch]])).to(device)
 
 
-@torch.no_grad()
-def keypoint_statistics(encoder: torch.nn.Module, dataset: Dataset, episodes: np.ndarray, device: torch.device,
+def keypoint_statistics(keypoints_px: np.ndarray, presence: np.ndarray, lengths: np.ndarray,
                         moving_px: float = 1.0) -> dict[str, Any]:
-    """Figures that need no labels, over the frames of ``episodes`` (held-out):
+    """Figures that need no labels, from the keypoints in pixels (N, K, 2) and their presence
+    (N, K) over consecutive episodes of ``lengths`` frames (held-out):
 
     ``presence_mean`` (K,): each keypoint's mean softmax mass near its peak (1: a sharp, present
     feature); ``jitter_px``: mean over keypoints and frames of |k(t+1) - 2 k(t) + k(t-1)|, the
@@ -54,19 +54,10 @@ def keypoint_statistics(encoder: torch.nn.Module, dataset: Dataset, episodes: np
     ``moving_keypoints``: how many keypoints' positions vary by more than ``moving_px`` pixels
     (standard deviation over the frames, either axis).
     """
-    encoder.eval()
-    size, presence, tracks = dataset.image_size, [], []
-    for e in episodes:
-        frames, track = dataset.episode(e), []
-        for start in range(0, len(frames), 256):
-            chunk = torch.from_numpy(np.array(frames[start:start + 256])).to(device)  # a copy: maps are read-only
-            result = encoder(chunk, return_presence=True)
-            presence.append(result.presence.double().cpu().numpy())
-            track.append(to_pixels(result.keypoints.double().cpu(), size, size).numpy())
-        tracks.append(np.concatenate(track))
+    tracks = np.split(keypoints_px, np.cumsum(lengths)[:-1])
     accel = [np.linalg.norm(t[2:] - 2 * t[1:-1] + t[:-2], axis=-1) for t in tracks if len(t) >= 3]
-    spread = np.concatenate(tracks).std(axis=0).max(axis=-1)  # (K,)
-    return {"presence_mean": np.concatenate(presence).mean(axis=0).round(4).tolist(),
+    spread = keypoints_px.std(axis=0).max(axis=-1)  # (K,)
+    return {"presence_mean": presence.mean(axis=0).round(4).tolist(),
             "jitter_px": float(np.concatenate(accel).mean()) if accel else None,
             "moving_keypoints": int((spread > moving_px).sum())}
 
@@ -118,16 +109,20 @@ def best_keypoint(kp_train: np.ndarray, px_train: np.ndarray, kp_test: np.ndarra
     return index, float(np.linalg.norm(kp_test[:, index] - px_test, axis=-1).mean())
 
 
-def probe_dataset(encoder: torch.nn.Module, dataset: Dataset, train_eps: np.ndarray, test_eps: np.ndarray,
-                  device: torch.device, max_train_frames: int = 6000, seed: int = 0) -> dict[str, dict]:
-    """Probe every labelled object of a dataset (none for unlabelled footage). Returns
+def probe_frames(dataset: Dataset, train_eps: np.ndarray, max_train_frames: int, seed: int) -> np.ndarray:
+    """The training frames (rows) the probe fits on: all of ``train_eps``'s, or a random
+    ``max_train_frames`` of them in order."""
+    rows = dataset.frame_indices(train_eps)
+    if len(rows) > max_train_frames:
+        rows = rows[np.sort(np.random.default_rng(seed).choice(len(rows), max_train_frames, replace=False))]
+    return rows
+
+
+def probe(dataset: Dataset, train_idx: np.ndarray, kp_train: np.ndarray, test_idx: np.ndarray,
+          kp_test: np.ndarray) -> dict[str, dict]:
+    """Probe every labelled object of a dataset (none for unlabelled footage) from keypoints
+    (N, K, 2) in [-1, 1] at the frames ``train_idx`` (fit) and ``test_idx`` (scored). Returns
     {"probe_r2", "probe_err_px", "probe_err_m", "keypoint_err_px", "keypoint_index"} per object."""
-    rng = np.random.default_rng(seed)
-    train_idx, test_idx = dataset.frame_indices(train_eps), dataset.frame_indices(test_eps)
-    if len(train_idx) > max_train_frames:
-        train_idx = train_idx[np.sort(rng.choice(len(train_idx), max_train_frames, replace=False))]
-    kp_train = encode_frames(encoder, dataset.frames, device, train_idx)
-    kp_test = encode_frames(encoder, dataset.frames, device, test_idx)
     px = linear_probe(kp_train, {o: a[train_idx] for o, a in dataset.pixels.items()},
                       kp_test, {o: a[test_idx] for o, a in dataset.pixels.items()})
     world = linear_probe(kp_train, {o: a[train_idx] for o, a in dataset.positions.items()},
@@ -143,6 +138,48 @@ def probe_dataset(encoder: torch.nn.Module, dataset: Dataset, train_eps: np.ndar
         "probe_err_m": {o: world.get(f"err_{o}") for o in objects},
         "keypoint_err_px": {o: best[o][1] for o in objects},
         "keypoint_index": {o: best[o][0] for o in objects},
+    }
+
+
+def probe_dataset(encoder: torch.nn.Module, dataset: Dataset, train_eps: np.ndarray, test_eps: np.ndarray,
+                  device: torch.device, max_train_frames: int = 6000, seed: int = 0) -> dict[str, dict]:
+    """:func:`probe` of an encoder: fit on (up to ``max_train_frames``) frames of ``train_eps``,
+    scored on every frame of ``test_eps``."""
+    train_idx, test_idx = probe_frames(dataset, train_eps, max_train_frames, seed), dataset.frame_indices(test_eps)
+    return probe(dataset, train_idx, encode_frames(encoder, dataset.frames, device, train_idx),
+                 test_idx, encode_frames(encoder, dataset.frames, device, test_idx))
+
+
+@torch.no_grad()
+def held_out_pass(model: DeepSpatialAutoencoder, frames: np.ndarray, rows: np.ndarray, device: torch.device,
+                  batch: int = 512) -> tuple[np.ndarray, np.ndarray, float]:
+    """One pass of the whole model over the uint8 frames at ``rows`` (M,): keypoints (M, K, 2) in
+    [-1, 1] as float64, their presence (M, K), and the reconstruction's mean squared error."""
+    model.eval()
+    keypoints, presence, total, count = [], [], 0.0, 0
+    for chunk in _batches(frames, rows, batch, device):
+        result = model.encoder(chunk, return_presence=True)
+        recon = model.decoder(result.keypoints, chunk)
+        total += float(((recon - gray_target(chunk, model.cfg.recon_size)) ** 2).sum())
+        count += recon.numel()
+        keypoints.append(result.keypoints.double().cpu().numpy())
+        presence.append(result.presence.double().cpu().numpy())
+    return np.concatenate(keypoints), np.concatenate(presence), total / count
+
+
+def evaluate_model(model: DeepSpatialAutoencoder, dataset: Dataset, train_eps: np.ndarray, val_eps: np.ndarray,
+                   device: torch.device, max_train_frames: int, seed: int) -> dict[str, Any]:
+    """What ``metrics.json`` reports on a model's quality: the probe, the keypoint statistics and
+    the reconstruction error on the held-out episodes ``val_eps``, whose frames go through the
+    model once."""
+    train_idx, val_idx = probe_frames(dataset, train_eps, max_train_frames, seed), dataset.frame_indices(val_eps)
+    kp_val, presence, recon_mse = held_out_pass(model, dataset.frames, val_idx, device)
+    size = dataset.image_size
+    kp_val_px = to_pixels(torch.from_numpy(kp_val), size, size).numpy()
+    return {
+        **probe(dataset, train_idx, encode_frames(model.encoder, dataset.frames, device, train_idx), val_idx, kp_val),
+        "keypoints": keypoint_statistics(kp_val_px, presence, dataset.lengths[val_eps]),
+        "recon_mse": recon_mse,
     }
 
 
@@ -180,10 +217,7 @@ def evaluate_checkpoint(path: Optional[str], run_dir: str | Path, device: Option
     train_eps, val_eps = dataset.split(cfg.data.val_fraction)
     dev = resolve_device(device)
     metrics = {
-        **probe_dataset(model.encoder, dataset, train_eps, val_eps, dev,
-                        max_train_frames or cfg.train.probe_frames, cfg.seed),
-        "keypoints": keypoint_statistics(model.encoder, dataset, val_eps, dev),
-        "recon_mse": reconstruction_mse(model, dataset.frames, dev, dataset.frame_indices(val_eps)),
+        **evaluate_model(model, dataset, train_eps, val_eps, dev, max_train_frames or cfg.train.probe_frames, cfg.seed),
         "steps": state["step"],
         "checkpoint": state["path"],
         "dataset": str(dataset.root),

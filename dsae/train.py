@@ -42,7 +42,7 @@ from dsae.data import Dataset, TripleSampler, load_dataset, read_manifest
 from dsae.device import cpu_has_native_bf16, device_name, resolve_device
 from dsae.draw import grid_image, overlay_keypoints, reconstruction_panel
 from dsae.errors import ConfigError
-from dsae.evaluate import keypoint_statistics, probe_dataset, reconstruction_mse
+from dsae.evaluate import evaluate_model, reconstruction_mse
 from dsae.logger import Logger
 from dsae.sources import default_import_dir, import_recording
 from dsae.model import DeepSpatialAutoencoder, gray_target
@@ -283,10 +283,8 @@ class Trainer:
         print("[dsae] evaluating: linear probe on held-out episodes")
         cfg, dataset = self.cfg, self.dataset
         metrics = {
-            **probe_dataset(self.model.encoder, dataset, self.train_eps, self.val_eps, self.device,
-                            cfg.train.probe_frames, cfg.seed),
-            "keypoints": keypoint_statistics(self.model.encoder, dataset, self.val_eps, self.device),
-            "recon_mse": reconstruction_mse(self.model, self.dataset.frames, self.device, self.val_rows),
+            **evaluate_model(self.model, dataset, self.train_eps, self.val_eps, self.device, cfg.train.probe_frames,
+                             cfg.seed),
             "steps": self.step, "train_images_per_s": self.images_seen / max(self.train_time, 1e-9),
             "wall_s": self.wall(), "checkpoint": str(self.run_dir / CHECKPOINT), "dataset": str(dataset.root),
             "env": cfg.env.name, "image_size": dataset.image_size, "num_keypoints": cfg.model.num_keypoints,

@@ -64,3 +64,41 @@ def test_best_keypoint_is_chosen_on_training_frames_and_scored_raw():
     kp_test[:, 0] = obj_test  # a keypoint that is only good on the held-out frames is not chosen
     index, err = best_keypoint(kp_train, obj_train, kp_test, obj_test)
     assert index == 2 and err == pytest.approx(2.0)
+
+
+def test_keypoint_statistics_on_hand_made_tracks():
+    from dsae.evaluate import keypoint_statistics
+
+    t = np.arange(6, dtype=float)
+    still = np.zeros((6, 2))
+    steady = np.stack([t, t], axis=1)  # constant velocity: no acceleration
+    jerk = np.stack([t, t ** 2], axis=1)  # acceleration 2 px per frame^2 in y
+    # Two episodes of 3 frames each: the tracks are split where the episodes meet.
+    tracks = np.stack([still, steady, jerk], axis=1)  # (6, 3, 2)
+    presence = np.tile([1.0, 0.5, 0.0], (6, 1))
+    stats = keypoint_statistics(tracks, presence, np.array([3, 3]))
+    assert stats["presence_mean"] == [1.0, 0.5, 0.0]
+    assert stats["jitter_px"] == pytest.approx(2.0 / 3)  # the third keypoint accelerates by 2 px in each episode
+    assert stats["moving_keypoints"] == 2
+
+
+def test_evaluate_model_equals_the_separate_passes(tiny_dataset):
+    """One pass over the held-out frames gives what probing, statistics and error give apart."""
+    from dsae.config import ModelConfig
+    from dsae.data import load_dataset
+    from dsae.evaluate import evaluate_model, reconstruction_mse
+    from dsae.model import DeepSpatialAutoencoder
+
+    cfg, root = tiny_dataset
+    ds = load_dataset(root)
+    torch.manual_seed(0)
+    model = DeepSpatialAutoencoder(ModelConfig(), ds.image_size).eval()
+    train, val = ds.split(0.25)
+    cpu = torch.device("cpu")
+    out = evaluate_model(model, ds, train, val, cpu, 40, seed=3)
+    apart = probe_dataset(model.encoder, ds, train, val, cpu, 40, seed=3)
+    for key in ("probe_r2", "probe_err_px", "keypoint_err_px", "keypoint_index"):
+        assert out[key] == pytest.approx(apart[key])
+    assert out["recon_mse"] == pytest.approx(reconstruction_mse(model, ds.frames, cpu, ds.frame_indices(val)))
+    assert out["keypoints"]["moving_keypoints"] <= model.cfg.num_keypoints
+    assert len(out["keypoints"]["presence_mean"]) == model.cfg.num_keypoints
