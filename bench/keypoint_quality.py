@@ -9,7 +9,9 @@ one run at a time (a run already uses both cores of a small machine), each into
 again; an interrupted one resumes from its checkpoint, so the benchmark can be split across
 sessions. Writes ``<out>/<name>.json``: per scene and object the per-seed linear-probe R² and
 ``keypoint_err_px`` (the single best keypoint's held-out pixel error) with their mean and std,
-and the wall time of every run; prints the same as a Markdown table. Seeds change the weights
+and the wall time of every run; prints the same as a Markdown table. Scenes that an earlier call
+with the same overrides wrote there, and this call did not run, are kept (so scenes may be run
+with different numbers of seeds). Seeds change the weights
 and batches; every seed of a scene trains on the same dataset (``data.seed`` is not changed).
 """
 
@@ -92,14 +94,16 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out).resolve()
     started = time.perf_counter()
-    summary: dict = {"name": args.name, "overrides": args.overrides, "scenes": {}}
+    path = out / f"{args.name}.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    kept = earlier.get("scenes", {}) if earlier.get("overrides") == args.overrides else {}
+    summary: dict = {"name": args.name, "overrides": args.overrides, "scenes": dict(kept)}
     for scene in args.scenes:
         runs = [run_once(out / args.name / f"{scene}-seed{s}", scene, s, args.overrides) for s in range(args.seeds)]
         summary["scenes"][scene] = {"seeds": list(range(args.seeds)), "objects": summarise(runs),
                                     "wall_s": [m["wall_s"] for m in runs], "steps": runs[0]["steps"],
                                     "precision": runs[0]["precision"], "device_name": runs[0]["device_name"]}
     summary["bench_wall_s"] = time.perf_counter() - started
-    path = out / f"{args.name}.json"
     path.write_text(json.dumps(summary, indent=2))
     print(table(summary))
     print(f"[bench] wrote {path}")

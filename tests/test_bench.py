@@ -94,8 +94,14 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
     assert len(target["probe_r2"]) == 2 and len(target["keypoint_err_px"]) == 2
     assert target["keypoint_err_px_mean"] == pytest.approx(sum(target["keypoint_err_px"]) / 2)
     first = (tmp_path / "kq" / "tiny" / "reacher-seed0" / "metrics.json").stat().st_mtime
+    # A scene written by an earlier call with the same overrides is kept; with others, dropped.
+    (tmp_path / "kq" / "tiny.json").write_text(json.dumps({**summary, "scenes": {**summary["scenes"], "other": summary["scenes"]["reacher"]}}))
     run("keypoint_quality.py", *args)  # a second call reads the finished runs instead of training again
     assert (tmp_path / "kq" / "tiny" / "reacher-seed0" / "metrics.json").stat().st_mtime == first
+    again = json.loads((tmp_path / "kq" / "tiny.json").read_text())
+    assert set(again["scenes"]) == {"reacher", "other"} and again["scenes"]["reacher"] == summary["scenes"]["reacher"]
+    run("keypoint_quality.py", *args[:-len(overrides)], *overrides, "train.lr=0.001")  # other overrides (runs read)
+    assert set(json.loads((tmp_path / "kq" / "tiny.json").read_text())["scenes"]) == {"reacher"}
 
     # Where the best keypoint sits: its error here is the one metrics.json reports.
     run("keypoint_offsets.py", str(tmp_path / "kq" / "tiny" / "reacher-seed0"), "--out", str(tmp_path / "off.json"))
