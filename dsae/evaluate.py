@@ -151,10 +151,11 @@ def probe_dataset(encoder: torch.nn.Module, dataset: Dataset, train_eps: np.ndar
 
 
 @torch.no_grad()
-def held_out_pass(model: DeepSpatialAutoencoder, frames: np.ndarray, rows: np.ndarray, device: torch.device,
-                  batch: int = 512) -> tuple[np.ndarray, np.ndarray, float]:
-    """One pass of the whole model over the uint8 frames at ``rows`` (M,): keypoints (M, K, 2) in
-    [-1, 1] as float64, their presence (M, K), and the reconstruction's mean squared error."""
+def held_out_pass(model: DeepSpatialAutoencoder, frames: np.ndarray, rows: Optional[np.ndarray],
+                  device: torch.device, batch: int = 512) -> tuple[np.ndarray, np.ndarray, float]:
+    """One pass of the whole model over the uint8 frames at ``rows`` (M,), or all of them:
+    keypoints (M, K, 2) in [-1, 1] as float64, their presence (M, K), and the reconstruction's
+    mean squared error."""
     model.eval()
     keypoints, presence, total, count = [], [], 0.0, 0
     for chunk in _batches(frames, rows, batch, device):
@@ -183,19 +184,11 @@ def evaluate_model(model: DeepSpatialAutoencoder, dataset: Dataset, train_eps: n
     }
 
 
-@torch.no_grad()
 def reconstruction_mse(model: DeepSpatialAutoencoder, frames: np.ndarray, device: torch.device,
                        rows: Optional[np.ndarray] = None, batch: int = 512) -> float:
     """Mean squared error of the grayscale reconstruction over uint8 frames (N, H, W, 3), or
-    those at ``rows``, read a batch at a time."""
-    model.eval()
-    total, count = 0.0, 0
-    for chunk in _batches(frames, rows, batch, device):
-        _, recon = model(chunk)
-        target = gray_target(chunk, model.cfg.recon_size)
-        total += float(((recon - target) ** 2).sum())
-        count += target.numel()
-    return total / count
+    those at ``rows``, read a batch at a time (:func:`held_out_pass`'s third figure)."""
+    return held_out_pass(model, frames, rows, device, batch)[2]
 
 
 def evaluate_checkpoint(path: Optional[str], run_dir: str | Path, device: Optional[str] = "auto",
