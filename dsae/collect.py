@@ -28,7 +28,7 @@ from dsae.data import (
     write_manifest,
 )
 from dsae.errors import ConfigError
-from envs import EnvConfig
+from envs import TASK_FIELDS, EnvConfig
 
 POLICIES = ("pd", "random")
 
@@ -100,7 +100,7 @@ class ExplorationPolicy:
 def dataset_settings(env_cfg: EnvConfig, data_cfg: DataConfig) -> dict:
     """The settings that determine a dataset's content (not where it lives or how fast)."""
     return {
-        "env": asdict(env_cfg),
+        "env": {k: v for k, v in asdict(env_cfg).items() if k not in TASK_FIELDS},
         "policy": data_cfg.policy,
         "seed": data_cfg.seed,
         "episodes": data_cfg.episodes,

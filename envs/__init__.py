@@ -18,6 +18,7 @@ logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)
 
 from envs.camera import camera_matrix, project_points  # noqa: E402
 from envs.scene import (  # noqa: E402
+    TASK_FIELDS,
     VISUAL_FIELDS,
     EnvConfig,
     SceneEnv,
@@ -31,5 +32,5 @@ from envs.scene import (  # noqa: E402
 
 register_scenes()
 
-__all__ = ["VISUAL_FIELDS", "EnvConfig", "SceneEnv", "SceneError", "camera_matrix", "env_id", "load_scene", "make_env",
+__all__ = ["TASK_FIELDS", "VISUAL_FIELDS", "EnvConfig", "SceneEnv", "SceneError", "camera_matrix", "env_id", "load_scene", "make_env",
            "project_points", "register_scenes", "scene_names"]

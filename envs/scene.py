@@ -60,6 +60,7 @@ class EnvConfig:
     task_object: Optional[str] = None  # a pushing task's object (a name in objects); null: no success metric
     task_goal: Optional[str] = None  # where task_object should end: the centre of this object (a name in objects)
     goal_radius: float = 0.05  # success: task_object's centre within this many metres of task_goal's (x, y)
+    reward_weights: dict[str, float] = field(default_factory=dict)  # gym_id scenes: keyword -> weight of the env's reward terms, e.g. Pusher-v5's reward_control_weight
 
     def __post_init__(self) -> None:
         check(self)
@@ -72,6 +73,9 @@ class SceneError(ValueError):
 VISUAL_FIELDS = ("image_size", "camera_distance", "camera_azimuth", "camera_elevation", "camera_lookat",
                  "camera_id", "shadows", "marker_geoms", "object_radius", "geom_rgba")
 """The settings that change what the camera sees: an encoder only fits frames rendered with its own."""
+
+TASK_FIELDS = ("task_object", "task_goal", "goal_radius", "reward_weights")
+"""The settings that only score the task (reward, success): frames and motions do not depend on them."""
 
 
 def scene_names() -> list[str]:
@@ -137,6 +141,13 @@ def check(config: EnvConfig) -> EnvConfig:
             raise SceneError(f"env.{key}={getattr(config, key)!r} is not one of env.objects {sorted(config.objects)}")
     if not config.goal_radius > 0:
         raise SceneError(f"env.goal_radius must be > 0 metres, got {config.goal_radius}")
+    if config.reward_weights and config.gym_id is None:
+        raise SceneError(f"scene {config.name!r}: env.reward_weights only applies to env.gym_id scenes (an MJCF "
+                         "scene's reward is 0)")
+    for key, weight in config.reward_weights.items():
+        if not key.endswith("_weight") or not math.isfinite(float(weight)):
+            raise SceneError(f"env.reward_weights.{key}={weight!r}: give a finite number for a keyword of "
+                             f"{config.gym_id} that ends in _weight (e.g. reward_control_weight)")
     # MuJoCo aborts the whole process on a bad camera id, so no id ever reaches it.
     if config.camera_id not in (None, -1):
         raise SceneError(
@@ -199,7 +210,14 @@ def _mujoco_env(config: EnvConfig, render_mode: str) -> gym.Env:
         spec = gym.spec(config.gym_id)
     except gym.error.Error as err:
         raise SceneError(f"env.gym_id={config.gym_id!r} is not a registered gymnasium env ({err})") from err
-    env = gym.envs.registration.load_env_creator(spec.entry_point)(**{**spec.kwargs, **kwargs})
+    try:
+        env = gym.envs.registration.load_env_creator(spec.entry_point)(**{**spec.kwargs, **config.reward_weights,
+                                                                          **kwargs})
+    except TypeError as err:
+        if not config.reward_weights:
+            raise
+        raise SceneError(f"env.reward_weights {sorted(config.reward_weights)}: {config.gym_id} does not take "
+                         f"one of these keywords ({err})") from err
     if not isinstance(env, MujocoEnv):
         env.close()
         raise SceneError(f"env.gym_id={config.gym_id!r} is not a MuJoCo env")

@@ -103,3 +103,5 @@ def test_default_folder_follows_settings(tmp_path):
     b = tiny_config(tmp_path)
     b.data.episodes, b.data.workers = 99, 7  # count and speed do not change the content
     assert default_dataset_dir(a.env, a.data) == default_dataset_dir(b.env, b.data)
+    b.env.goal_radius, b.env.reward_weights = 0.5, {"reward_control_weight": 0.0}  # nor what the task scores
+    assert default_dataset_dir(a.env, a.data) == default_dataset_dir(b.env, b.data)

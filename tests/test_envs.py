@@ -169,6 +169,23 @@ def test_geom_rgba_recolours_and_validates():
         make_env("reacher", geom_rgba={"target": [2.0, 0.0, 0.0]})
 
 
+def test_reward_weights_reach_the_gymnasium_env_and_validate():
+    action = np.full(2, 0.5, dtype=np.float32)
+    rewards = {}
+    for weight in (0.1, 0.0):  # Reacher-v5's own default, and none
+        env = make_env("reacher", reward_weights={"reward_control_weight": weight})
+        env.reset(seed=0)
+        _, rewards[weight], *_, info = env.step(action)
+        assert info["reward_ctrl"] == pytest.approx(-weight * 0.5)
+    assert rewards[0.0] - rewards[0.1] == pytest.approx(0.1 * 0.5, abs=1e-6)
+    with pytest.raises(ValueError, match="Reacher-v5 does not take one of these keywords"):
+        make_env("reacher", reward_weights={"reward_speed_weight": 1.0})
+    with pytest.raises(ValueError, match="ends in _weight"):
+        make_env("reacher", reward_weights={"reward_control": 1.0})
+    with pytest.raises(ValueError, match="only applies to env.gym_id scenes"):
+        make_env("push_block", reward_weights={"reward_control_weight": 1.0})
+
+
 def test_every_scene_builds_and_sees_its_objects():
     for name in scene_names():
         env = make_env(name, image_size=32)

@@ -109,3 +109,31 @@ def test_bad_rl_input_is_named(tmp_path, tiny_encoder_path):  # noqa: F811
     proc = script("train_rl.py", *tiny_rl(tmp_path, "d", 96, "obs=state", "rl.stepz=3"), check=False)
     assert proc.returncode != 0 and "stepz" in proc.stderr
     assert not (tmp_path / "c" / "checkpoints").exists()
+
+
+def test_init_starts_a_fresh_run_from_another_runs_weights(tmp_path):
+    from dsae.config import from_dict
+    from dsae.rl import RLRunConfig
+    from dsae.rl.trainer import RLTrainer
+
+    script("train_rl.py", *tiny_rl(tmp_path, "first", 96, "obs=state"))
+    out = script("train_rl.py", *tiny_rl(tmp_path, "second", 96, "obs=state", f"init={tmp_path / 'first'}",
+                                         "+env.reward_weights.reward_control_weight=0.0"))
+    assert json.loads((tmp_path / "second" / "metrics.json").read_text())["env_steps"] == 96, out.stdout
+    saved = json.loads((tmp_path / "second" / "config.json").read_text())
+    assert saved["init"] == str(tmp_path / "first") and saved["env"]["reward_weights"] == {"reward_control_weight": 0.0}
+
+    first = torch.load(tmp_path / "first" / "checkpoints" / "agent.pt", weights_only=False)
+    trainer = RLTrainer(from_dict(first["config"] | {"init": str(tmp_path / "first")}, RLRunConfig),
+                        tmp_path / "third", None)
+    assert trainer.step == 0 and trainer.buffer.size == 0
+    for name, value in trainer.agent.state_dict().items():
+        torch.testing.assert_close(value, first["agent"][name], rtol=0, atol=0, msg=name)
+    trainer.close_files_and_envs()
+
+    proc = script("train_rl.py", *tiny_rl(tmp_path, "other-scene", 96, "obs=state", "env=pusher",
+                                           f"init={tmp_path / 'first'}"), check=False)
+    assert proc.returncode != 0 and "init takes a scripts/train_rl.py run of this run's obs and scene" in proc.stderr
+    proc = script("train_rl.py", *tiny_rl(tmp_path, "no-run", 96, "obs=state", f"init={tmp_path / 'nothing'}"),
+                  check=False)
+    assert proc.returncode != 0 and "nothing" in proc.stderr

@@ -88,6 +88,7 @@ class RLRunConfig(RunSettings):
     encoder: Optional[str] = None  # obs=keypoints: a run folder of scripts/train.py (or its checkpoints/last.pt)
     env: EnvConfig = field(default_factory=task_scene)  # the scene (configs/env/<name>.yaml)
     rl: SACConfig = field(default_factory=SACConfig)
+    init: Optional[str] = None  # a scripts/train_rl.py run folder of the same obs and scene: start from its agent's weights (not its optimisers, buffer or step), e.g. to go on under other env.reward_weights
 
     def __post_init__(self) -> None:
         if self.obs not in OBS_MODES:

@@ -17,7 +17,7 @@ evaluation also gives the success rate and the final object-to-goal distance. Be
 random policy and a do-nothing policy play the same episodes (``baselines``). The run folder gets
 ``returns.csv`` (every training episode and every evaluation), ``scalars.jsonl`` and the wandb
 run, ``checkpoints/agent.pt`` (:mod:`dsae.rl.policy`: ``resume=true`` or ``resume=PATH``
-continues exactly) and, last, ``metrics.json``: the final evaluation's figures, the baselines',
+continues exactly; ``init=PATH`` starts a fresh run from another run's weights) and, last, ``metrics.json``: the final evaluation's figures, the baselines',
 the curve, env steps, wall time, and the normalised score (R - R_random) / (R_state - R_random)
 when ``rl.state_return`` is given (R_random is ``rl.random_return``, or the random baseline's).
 """
@@ -43,6 +43,7 @@ from dsae.checkpoint import (
 )
 from dsae.config import to_dict
 from dsae.device import resolve_device
+from dsae.errors import ConfigError
 from dsae.logger import Logger, drop_rows_after
 from dsae.rl.config import RLRunConfig
 from dsae.rl.policy import (
@@ -51,6 +52,8 @@ from dsae.rl.policy import (
     baselines,
     evaluate_policy,
     figures,
+    load_agent_checkpoint,
+    load_agent_weights,
     restore_agent,
     resume_run,
     scale_action,
@@ -97,6 +100,8 @@ class RLTrainer:
         if state is not None:
             wandb_id = self._restore(state)
         else:
+            if cfg.init:
+                self._initialise(cfg.init)
             self.baselines = baselines(self.eval_env, self.r.eval_episodes, cfg.seed)
             print(f"[dsae] on the {self.r.eval_episodes} evaluation episodes: " + "; ".join(
                 f"{name} policy {figures(b)}" for name, b in self.baselines.items()))
@@ -121,6 +126,16 @@ class RLTrainer:
         drop_rows_after(self.run_dir / RETURNS_CSV, self.step)
         self.obs, _ = self.env.reset(seed=train_seed(self.cfg.seed, self.episode))
         return state.get("wandb_id")
+
+    def _initialise(self, path: str) -> None:
+        """Start from the agent weights of the run at ``path`` (``init=``), refusing another kind of run."""
+        saved = load_agent_checkpoint(path)
+        run = saved["config"]
+        if saved["model"] != "sac" or run["obs"] != self.cfg.obs or run["env"]["name"] != self.cfg.env.name:
+            seen = "a keypoint student" if saved["model"] != "sac" else f"obs={run['obs']} env={run['env']['name']}"
+            raise ConfigError(f"init={path} is {seen}: init takes a scripts/train_rl.py run of this run's obs and "
+                              f"scene (obs={self.cfg.obs} env={self.cfg.env.name})")
+        load_agent_weights(self.agent, saved)
 
     def _random_action(self, obs: Any = None) -> np.ndarray:
         return self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
