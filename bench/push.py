@@ -1,16 +1,16 @@
 """Benchmark: push the puck from pixels. A state expert, a keypoint policy it teaches, and SAC.
 
-    python bench/push.py --encoder RUN [--expert-steps 150000] [--seeds 3] [--sac-steps 30000]
-        [--workers 2] [--out bench/results/push] [-- OVERRIDE ...]
+    python bench/push.py --encoder RUN [--expert RUN | --expert-steps 150000] [--seeds 3]
+        [--sac-steps 30000] [--workers 2] [--out bench/results/push] [-- OVERRIDE ...]
 
 ``--encoder``: a ``scripts/train.py env=pusher`` run. On Pusher (``env=pusher``), all runs play the
 same 20 evaluation episodes and report the return, the success rate (the puck's centre inside
 the goal disc at the episode's end) and the final puck-to-goal distance:
 
 1. ``expert``: ``scripts/train_rl.py obs=state`` for ``--expert-steps`` (seed 0), trained once
-   and reused by every later call;
+   and reused by every later call; or ``--expert RUN``, a finished state run trained elsewhere;
 2. ``imitation-seed<s>``: ``scripts/imitate.py`` (DAgger) from that expert to the encoder's
-   keypoints, seeds 0..seeds-1;
+   keypoints, seeds 0..seeds-1 (a finished one taught by another expert or encoder is refused);
 3. ``sac-keypoints-seed<s>`` and ``sac-state-seed<s>``: SAC on the frozen keypoints and on the
    state, both for ``--sac-steps`` env steps.
 
@@ -46,6 +46,17 @@ def route(overrides: list[str], script: str) -> list[str]:
     """The overrides that concern ``script``: imitation.* to imitate.py; rl.*, env.* to train_rl.py."""
     foreign = ("rl.", "env.") if script == "imitate.py" else ("imitation.",)
     return [o for o in overrides if not o.lstrip("+~").startswith(foreign)]
+
+
+def check_teacher(run_dir: Path, expert: Path, encoder: Path) -> None:
+    """Refuse a finished imitation run in ``run_dir`` that another expert or encoder made."""
+    if not (run_dir / "metrics.json").exists():
+        return
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    made = (Path(metrics["expert_run"]), Path(metrics["encoder"]))
+    if made != (expert, encoder):
+        raise SystemExit(f"{run_dir} was taught by expert {made[0]} on encoder {made[1]}, not {expert} on {encoder}: "
+                         "move it away or pass another --out")
 
 
 def final(metrics: dict) -> dict[str, float]:
@@ -105,6 +116,8 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", required=True, help="a scripts/train.py env=pusher run folder")
+    parser.add_argument("--expert", help="a finished scripts/train_rl.py obs=state env=pusher run to teach the "
+                        "students (default: train <out>/expert for --expert-steps)")
     parser.add_argument("--expert-steps", type=int, default=150000, help="the state expert's env steps")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sac-steps", type=int, default=30000, help="env steps of SAC on keypoints and on state")
@@ -118,12 +131,19 @@ def main() -> None:
     started = time.perf_counter()
     seeds, for_sac = range(args.seeds), route(args.overrides, "train_rl.py")
     expert = sac("state", -1, args.expert_steps, out, for_sac)
+    if args.expert:
+        expert = Job("expert", "train_rl.py", [], Path(args.expert).resolve())
+        if not (expert.run_dir / "metrics.json").exists():
+            parser.error(f"--expert {expert.run_dir} is not a finished scripts/train_rl.py run (no metrics.json): "
+                         "end it with `scripts/train_rl.py resume=RUN rl.steps=<its checkpoint's step>`")
+    for s in seeds:
+        check_teacher(out / f"imitation-seed{s}", expert.run_dir, encoder)
     jobs = [sac("keypoints", s, args.sac_steps, out, [f"encoder={encoder}", *for_sac]) for s in seeds]
     jobs += [sac("state", s, args.sac_steps, out, for_sac) for s in seeds]
     done = run_jobs([expert, *jobs], args.workers)  # SAC runs beside the expert; imitation needs it
     done |= run_jobs([Job(f"imitation-seed{s}", "imitate.py", [f"expert={expert.run_dir}", f"encoder={encoder}",
-                                                               f"seed={s}", *route(args.overrides, "imitate.py")], out / f"imitation-seed{s}")
-                      for s in seeds], args.workers)
+                                                               f"seed={s}", *route(args.overrides, "imitate.py")],
+                          out / f"imitation-seed{s}") for s in seeds], args.workers)
     runs = {mode: [m for name, m in done.items() if name.startswith(mode)]
             for mode in ("expert", "imitation", "sac-state", "sac-keypoints")}
     baselines = runs["expert"][0]["baselines"]

@@ -83,6 +83,24 @@ def test_rl_benchmark(tmp_path):
         assert all(c[-1]["env_step"] == 60 for c in info["curves"]), mode
 
 
+def test_push_benchmark_names_an_unfinished_expert_and_students_of_another_teacher(tmp_path):
+    encoder, expert, out = tmp_path / "enc", tmp_path / "expert", tmp_path / "push"
+    (encoder / "checkpoints").mkdir(parents=True)
+    (encoder / "checkpoints" / "last.pt").write_bytes(b"")
+    expert.mkdir()
+    command = [sys.executable, str(REPO / "bench" / "push.py"), "--encoder", str(encoder), "--expert", str(expert),
+               "--out", str(out)]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "is not a finished scripts/train_rl.py run" in proc.stderr
+    (expert / "metrics.json").write_text("{}")
+    (out / "imitation-seed1").mkdir(parents=True)
+    stale = {"expert_run": str(tmp_path / "old-expert"), "encoder": str(encoder)}
+    (out / "imitation-seed1" / "metrics.json").write_text(json.dumps(stale))
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and f"was taught by expert {tmp_path / 'old-expert'}" in proc.stderr
+    assert not (out / "sac-state-seed0").exists(), "nothing ran before the stale student was named"
+
+
 def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp_path):
     from tests.test_e2e import tiny_overrides
 
