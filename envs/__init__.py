@@ -32,5 +32,5 @@ from envs.scene import (  # noqa: E402
 
 register_scenes()
 
-__all__ = ["TASK_FIELDS", "VISUAL_FIELDS", "EnvConfig", "SceneEnv", "SceneError", "camera_matrix", "env_id", "load_scene", "make_env",
-           "project_points", "register_scenes", "scene_names"]
+__all__ = ["TASK_FIELDS", "VISUAL_FIELDS", "EnvConfig", "SceneEnv", "SceneError", "camera_matrix", "env_id",
+           "load_scene", "make_env", "project_points", "register_scenes", "scene_names"]
