@@ -18,8 +18,9 @@ random policy and a do-nothing policy play the same episodes (``baselines``). Th
 ``returns.csv`` (every training episode and every evaluation), ``scalars.jsonl`` and the wandb
 run, ``checkpoints/agent.pt`` (:mod:`dsae.rl.policy`: ``resume=true`` or ``resume=PATH``
 continues exactly; ``init=PATH`` starts a fresh run from another run's weights) and, last,
-``metrics.json``: the final evaluation's figures, the baselines', the curve, env steps, wall time, and the normalised score (R - R_random) / (R_state - R_random)
-when ``rl.state_return`` is given (R_random is ``rl.random_return``, or the random baseline's).
+``metrics.json``: the final evaluation's figures, the baselines', the curve, env steps, wall
+time, and the normalised score (R - R_random) / (R_state - R_random) when ``rl.state_return`` is
+given (R_random is ``rl.random_return``, or the random baseline's).
 """
 
 from __future__ import annotations
