@@ -138,3 +138,18 @@ def test_large_recording_benchmark(tmp_path):
     assert result["frames_bytes"] == 600 * 32 * 32 * 3
     assert 0 < result["train"]["peak_anon_bytes"] <= result["train"]["peak_rss_bytes"]
     assert set(result["probe_r2"]) == {"arm", "puck"}
+
+
+def test_policy_eval_replays_a_runs_evaluation_episodes_and_more(tmp_path):
+    from tests.test_e2e import script
+    from tests.test_rl_e2e import tiny_rl
+
+    script("train_rl.py", *tiny_rl(tmp_path, "sac", 96, "obs=state"))
+    metrics = json.loads((tmp_path / "sac" / "metrics.json").read_text())
+    out = tmp_path / "eval.json"
+    run("policy_eval.py", str(tmp_path / "sac"), "--episodes", "3", "--out", str(out))
+    (row,) = json.loads(out.read_text()).values()
+    assert row["episodes"] == 3 and len(row["returns"]) == 3 and row["kind"] == "sac"
+    assert row["returns"][:2] == pytest.approx(metrics["eval_returns"], abs=1e-4), "the run's own 2 episodes come first"
+    run("policy_eval.py", str(tmp_path / "sac"), "--episodes", "3", "--out", str(out))  # read, not played again
+    assert json.loads(out.read_text())[str(tmp_path / "sac")]["wall_s"] == row["wall_s"]
