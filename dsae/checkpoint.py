@@ -40,6 +40,10 @@ run takes these from the command that resumes it, and the rest from its checkpoi
 is among them: an RL run's budget changes nothing it computes before reaching it (no schedule;
 the replay buffer keeps every transition), so ``resume=RUN rl.steps=N`` trains a run further."""
 
+BUDGET_SETTINGS = ("rl.steps",)
+"""Runtime settings a resumed run keeps from its checkpoint unless the command names them: a bare
+``resume=RUN`` goes on to the run's own budget, not to the default one."""
+
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing or unreadable."""
@@ -172,8 +176,8 @@ def resumed_config(saved: dict[str, Any], given: dict[str, Any], overridden: Opt
     with another value than the run's is refused, never dropped in silence: ``overridden`` lists
     the command line's overrides (``key=value``); None counts every setting in ``given`` as given."""
     diff = setting_differences(saved, given)
-    if overridden is not None:
-        named = [o.split("=", 1)[0].lstrip("+~") for o in overridden]
+    named = None if overridden is None else [o.split("=", 1)[0].lstrip("+~") for o in overridden]
+    if named is not None:
         diff = {k: v for k, v in diff.items() if _under(k, named)}
     if diff:
         shown = "; ".join(f"{k}={new!r} (the run has {old!r})" for k, (old, new) in diff.items())
@@ -181,7 +185,8 @@ def resumed_config(saved: dict[str, Any], given: dict[str, Any], overridden: Opt
                           f"overrides to continue the run as it was, or drop {key} to start a fresh run with them")
     merged = copy.deepcopy(saved)
     for k, v in _flat(given).items():
-        if _under(k, RUNTIME_SETTINGS):
+        kept = named is not None and _under(k, BUDGET_SETTINGS) and not _under(k, named)
+        if _under(k, RUNTIME_SETTINGS) and not kept:
             *groups, name = k.split(".")
             node = merged
             for group in groups:

@@ -58,3 +58,17 @@ def test_load_encoder_round_trip(tmp_path):
     assert not any(p.requires_grad for p in encoder.parameters())
     with pytest.raises(ValueError, match="32x32 images, got 48x48"):
         encoder(torch.zeros(1, 48, 48, 3, dtype=torch.uint8))
+
+
+def test_a_resumed_run_keeps_its_budget_unless_the_command_names_one():
+    from dsae.checkpoint import resumed_config
+    from dsae.errors import ConfigError
+
+    saved = {"seed": 0, "device": "cpu", "rl": {"steps": 400, "lr": 0.001}}
+    given = {"seed": 0, "device": "cuda", "rl": {"steps": 20, "lr": 0.001}}  # the command's defaults
+    bare = resumed_config(saved, given, ["resume=run"], key="resume")
+    assert bare["rl"]["steps"] == 400 and bare["device"] == "cuda", "budget kept; runtime settings from the command"
+    assert resumed_config(saved, given, ["resume=run", "rl.steps=20"], key="resume")["rl"]["steps"] == 20
+    assert resumed_config(saved, given, None, key="resume")["rl"]["steps"] == 20  # None: everything counts as given
+    with pytest.raises(ConfigError, match="rl.lr=0.01"):
+        resumed_config(saved, {**given, "rl": {"steps": 20, "lr": 0.01}}, ["resume=run", "rl.lr=0.01"], key="resume")
