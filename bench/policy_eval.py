@@ -5,7 +5,8 @@
 Each RUN is a ``scripts/train_rl.py`` or ``scripts/imitate.py`` run folder. Its deterministic policy
 plays the fixed evaluation episodes 0..episodes-1 (the first 20 are the ones the runs report), and
 the JSON gets, per run, the return, success rate and final object-to-goal distance (with each
-episode's). A success rate from 20 episodes has a binomial standard error near 0.11 at 0.5; from
+episode's), and under ``baselines`` the do-nothing and random policies' on the same episodes (in
+the first run's env). A success rate from 20 episodes has a binomial standard error near 0.11 at 0.5; from
 100, near 0.05. Runs already in ``--out`` with the same episode count are read, not played again.
 """
 
@@ -49,6 +50,17 @@ def main() -> None:
         r = results[key]
         task = f", success {r['success_rate']:.2f}, distance {r['goal_distance_mean']:.3f} m" if "success_rate" in r else ""
         print(f"{run}: {args.episodes} episodes, return {r['return_mean']:.2f}{task}")
+    if results.get("baselines", {}).get("episodes") != args.episodes:
+        from dsae.rl.policy import Policy, baselines
+
+        env = Policy(args.runs[0], "cpu").make_env()
+        results["baselines"] = {**baselines(env, args.episodes, seed=0), "episodes": args.episodes, "env_of": args.runs[0]}
+        env.close()
+        out.write_text(json.dumps(results, indent=2, default=float))
+    for name in ("do_nothing", "random"):
+        b = results["baselines"][name]
+        task = f", success {b['success_rate']:.2f}, distance {b['goal_distance_mean']:.3f} m" if "success_rate" in b else ""
+        print(f"{name}: return {b['return_mean']:.2f}{task}")
     print(f"[bench] wrote {out}")
 
 

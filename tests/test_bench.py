@@ -148,7 +148,10 @@ def test_policy_eval_replays_a_runs_evaluation_episodes_and_more(tmp_path):
     metrics = json.loads((tmp_path / "sac" / "metrics.json").read_text())
     out = tmp_path / "eval.json"
     run("policy_eval.py", str(tmp_path / "sac"), "--episodes", "3", "--out", str(out))
-    (row,) = json.loads(out.read_text()).values()
+    written = json.loads(out.read_text())
+    row = written[str(tmp_path / "sac")]
+    assert written["baselines"]["do_nothing"]["returns"][:2] == pytest.approx(
+        metrics["baselines"]["do_nothing"]["returns"], abs=1e-4)
     assert row["episodes"] == 3 and len(row["returns"]) == 3 and row["kind"] == "sac"
     assert row["returns"][:2] == pytest.approx(metrics["eval_returns"], abs=1e-4), "the run's own 2 episodes come first"
     run("policy_eval.py", str(tmp_path / "sac"), "--episodes", "3", "--out", str(out))  # read, not played again
