@@ -6,8 +6,8 @@ Each RUN is a ``scripts/train_rl.py`` or ``scripts/imitate.py`` run folder. Its 
 plays the fixed evaluation episodes 0..episodes-1 (the first 20 are the ones the runs report), and
 the JSON gets, per run, the return, success rate and final object-to-goal distance (with each
 episode's), and under ``baselines`` the do-nothing and random policies' on the same episodes (in
-the first run's env). A success rate from 20 episodes has a binomial standard error near 0.11 at 0.5; from
-100, near 0.05. Runs already in ``--out`` with the same episode count are read, not played again.
+the first run's env). A success rate from 20 episodes has a binomial standard error near 0.11 at
+0.5; from 100, near 0.05. Runs already in ``--out`` with the same episode count are read, not played again.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def main() -> None:
         r = results[key]
         task = f", success {r['success_rate']:.2f}, distance {r['goal_distance_mean']:.3f} m" if "success_rate" in r else ""
         print(f"{run}: {args.episodes} episodes, return {r['return_mean']:.2f}{task}")
-    if results.get("baselines", {}).get("episodes") != args.episodes:
+    if (results.get("baselines", {}).get("episodes"), results.get("baselines", {}).get("env_of")) != \
+            (args.episodes, args.runs[0]):
         from dsae.rl.policy import Policy, baselines
 
         env = Policy(args.runs[0], "cpu").make_env()
