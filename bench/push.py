@@ -130,12 +130,13 @@ def main() -> None:
         parser.error(f"--encoder {encoder} is not a finished scripts/train.py run (no checkpoints/last.pt)")
     started = time.perf_counter()
     seeds, for_sac = range(args.seeds), route(args.overrides, "train_rl.py")
-    expert = sac("state", -1, args.expert_steps, out, for_sac)
-    if args.expert:
+    if args.expert:  # a finished run: run_jobs reads it
         expert = Job("expert", "train_rl.py", [], Path(args.expert).resolve())
         if not (expert.run_dir / "metrics.json").exists():
             parser.error(f"--expert {expert.run_dir} is not a finished scripts/train_rl.py run (no metrics.json): "
                          "end it with `scripts/train_rl.py resume=RUN rl.steps=<its checkpoint's step>`")
+    else:
+        expert = sac("state", -1, args.expert_steps, out, for_sac)
     for s in seeds:
         check_teacher(out / f"imitation-seed{s}", expert.run_dir, encoder)
     jobs = [sac("keypoints", s, args.sac_steps, out, [f"encoder={encoder}", *for_sac]) for s in seeds]
