@@ -1,10 +1,12 @@
 """Run the project's scripts as benchmark jobs, a few at a time, resumably.
 
 A job is a script of ``scripts/`` with its overrides and a run folder. ``run_jobs`` starts them in
-order, ``workers`` at a time (one torch thread each): a job whose folder has ``metrics.json`` is
-read instead of run, one with a checkpoint is resumed (``resume=true``), so a benchmark split over
-sessions picks up where it stopped. Each job's output goes to ``<run folder>.log``. ``plot_seeds``
-draws the runs' curves the same way in every benchmark.
+order, ``workers`` at a time: a job whose folder has ``metrics.json`` is read instead of run, one
+with a checkpoint is resumed, so a benchmark split over sessions picks up where it stopped. A
+folder that other overrides made (Hydra records a run's in ``.hydra/overrides.yaml``) is refused
+before anything runs, so a benchmark never reports a run of other settings as its own. Each
+job's output goes to ``<run folder>.log``. ``plot_seeds`` draws the runs' curves the same way in
+every benchmark.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,19 +29,44 @@ REPO = Path(__file__).resolve().parents[1]
 class Job:
     name: str  # what the benchmark calls it, e.g. "keypoints-seed1"
     script: str  # a file of scripts/, e.g. "train_rl.py"
-    args: list[str]  # its Hydra overrides (hydra.run.dir, threads, progress and logger are added)
+    args: list[str]  # its Hydra overrides
     run_dir: Path
     checkpoint: str = "checkpoints/agent.pt"  # resume when this exists in run_dir
+    resume: str = "resume=true"  # the override that resumes the run from that checkpoint
+    settings: tuple[str, ...] = ("threads=1", "progress=false", "logger=none")  # added to args
+    made_elsewhere: bool = False  # a finished run the user gave: read as it is, never run or compared
+
+    def overrides(self) -> list[str]:
+        return [*self.args, *self.settings]
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, str(REPO / "scripts" / self.script), *self.args, "threads=1", "progress=false",
-               "logger=none", f"hydra.run.dir={self.run_dir}"]
-        return cmd + ["resume=true"] if (self.run_dir / self.checkpoint).exists() else cmd
+        cmd = [sys.executable, str(REPO / "scripts" / self.script), *self.overrides(), f"hydra.run.dir={self.run_dir}"]
+        return cmd + [self.resume] if (self.run_dir / self.checkpoint).exists() else cmd
+
+
+def check_jobs(jobs: list[Job]) -> None:
+    """Refuse, naming the difference, a started or finished run folder whose recorded overrides
+    (``.hydra/overrides.yaml``, less the resume override) are not the job's."""
+    for job in jobs:
+        started = (job.run_dir / "metrics.json").exists() or (job.run_dir / job.checkpoint).exists()
+        if job.made_elsewhere or not started:
+            continue
+        record = job.run_dir / ".hydra" / "overrides.yaml"
+        made = [o for o in yaml.safe_load(record.read_text()) if o != job.resume] if record.exists() else None
+        if made is None:
+            raise SystemExit(f"{job.run_dir} holds a run but no {record.relative_to(job.run_dir)}, so its settings "
+                             "are unknown: move it away or pass another output folder")
+        if sorted(made) != sorted(job.overrides()):
+            theirs, ours = sorted(set(made) - set(job.overrides())), sorted(set(job.overrides()) - set(made))
+            raise SystemExit(f"{job.run_dir} was made with {theirs or 'fewer overrides'}, where this benchmark "
+                             f"runs {ours or 'fewer overrides'}: move it away or pass another output folder")
 
 
 def run_jobs(jobs: list[Job], workers: int) -> dict[str, dict]:
     """Run ``jobs`` (in order, ``workers`` at a time) to their end; {job name: its metrics.json}.
-    A failed job stops the others and the benchmark, naming its log."""
+    Folders of other settings are refused first (``check_jobs``); a failed job stops the others
+    and the benchmark, naming its log."""
+    check_jobs(jobs)
     results: dict[str, dict] = {}
     pending, running = list(jobs), []
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "WANDB_SILENT": "true"}

@@ -7,7 +7,7 @@ Runs ``scripts/train.py env=<scene> seed=<s> <OVERRIDES>`` for every scene and s
 one run at a time (a run already uses both cores of a small machine), each into
 ``<out>/<name>/<scene>-seed<s>``. A finished run (its ``metrics.json`` exists) is read, not run
 again; an interrupted one resumes from its checkpoint, so the benchmark can be split across
-sessions. Writes ``<out>/<name>.json``: per scene and object the per-seed linear-probe R² and
+sessions; runs there of other overrides are refused (give the settings another ``--name``). Writes ``<out>/<name>.json``: per scene and object the per-seed linear-probe R² and
 ``keypoint_err_px`` (the single best keypoint's held-out pixel error) with their mean and std,
 and the wall time of every run; prints the same as a Markdown table. Scenes that an earlier call
 with the same overrides wrote there, and this call did not run, are kept (so scenes may be run
@@ -19,38 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-REPO = Path(__file__).resolve().parents[1]
+from jobs import Job, run_jobs
 
 
-def run_once(run_dir: Path, scene: str, seed: int, overrides: list[str]) -> dict:
-    """One training run's metrics, training it first unless it has finished already."""
-    metrics = run_dir / "metrics.json"
-    if metrics.exists():
-        print(f"[bench] {run_dir.name}: already done")
-        return json.loads(metrics.read_text())
-    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), f"env={scene}", f"seed={seed}", "logger=none",
-           f"hydra.run.dir={run_dir}", *overrides]
-    if (run_dir / "checkpoints" / "last.pt").exists():
-        cmd.append(f"train.resume={run_dir}")  # an interrupted benchmark picks its runs up where they stopped
-    print(f"[bench] start {run_dir.name}", flush=True)
-    t0 = time.perf_counter()
-    log = run_dir.with_suffix(".log")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        code = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        raise SystemExit(f"{run_dir.name} failed (exit {code}); see {log}")
-    print(f"[bench] {run_dir.name} done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
-    return json.loads(metrics.read_text())
+def job(out: Path, name: str, scene: str, seed: int, overrides: list[str]) -> Job:
+    """One training run of the benchmark (all cores: a run already uses both of a small machine)."""
+    run_dir = out / name / f"{scene}-seed{seed}"
+    return Job(run_dir.name, "train.py", [f"env={scene}", f"seed={seed}", *overrides], run_dir,
+               checkpoint="checkpoints/last.pt", resume=f"train.resume={run_dir}", settings=("logger=none",))
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -98,8 +79,10 @@ def main() -> None:
     earlier = json.loads(path.read_text()) if path.exists() else {}
     kept = earlier.get("scenes", {}) if earlier.get("overrides") == args.overrides else {}
     summary: dict = {"name": args.name, "overrides": args.overrides, "scenes": dict(kept)}
-    for scene in args.scenes:
-        runs = [run_once(out / args.name / f"{scene}-seed{s}", scene, s, args.overrides) for s in range(args.seeds)]
+    jobs = {scene: [job(out, args.name, scene, s, args.overrides) for s in range(args.seeds)] for scene in args.scenes}
+    done = run_jobs([j for scene_jobs in jobs.values() for j in scene_jobs], workers=1)
+    for scene, scene_jobs in jobs.items():
+        runs = [done[j.name] for j in scene_jobs]
         summary["scenes"][scene] = {"seeds": list(range(args.seeds)), "objects": summarise(runs),
                                     "wall_s": [m["wall_s"] for m in runs], "steps": runs[0]["steps"],
                                     "precision": runs[0]["precision"], "device_name": runs[0]["device_name"]}

@@ -7,7 +7,8 @@ plays the fixed evaluation episodes 0..episodes-1 (the first 20 are the ones the
 the JSON gets, per run, the return, success rate and final object-to-goal distance (with each
 episode's), and under ``baselines`` the do-nothing and random policies' on the same episodes (in
 the first run's env). A success rate from 20 episodes has a binomial standard error near 0.11 at
-0.5; from 100, near 0.05. Runs already in ``--out`` with the same episode count are read, not played again.
+0.5; from 100, near 0.05. Runs already in ``--out`` with the same episode count and checkpoint (its
+modification time) are read, not played again.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from pathlib import Path
 import torch
 
 
-def evaluate(run: str, episodes: int) -> dict:
-    from dsae.rl.policy import Policy, evaluate_policy, summarise
+def evaluate(policy, episodes: int) -> dict:
+    """A loaded ``Policy``'s figures on evaluation episodes 0..episodes-1."""
+    from dsae.rl.policy import evaluate_policy, summarise
 
     started = time.perf_counter()
-    policy = Policy(run, "cpu")
     env = policy.make_env()
     played = evaluate_policy(env, lambda o: policy.agent.act(o, deterministic=True), episodes)
     env.close()
@@ -39,12 +40,27 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/push/policy_eval.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    from dsae.rl.policy import Policy, baselines
+
+    loaded: dict[str, Policy] = {}  # a SAC checkpoint holds its replay buffer: each is loaded once
+
+    def policy(run: str) -> Policy:
+        if run not in loaded:
+            loaded[run] = Policy(run, "cpu")
+        return loaded[run]
+
+    def saved_at(run: str) -> float:
+        from dsae.checkpoint import AGENT_CHECKPOINT, checkpoint_file
+
+        return checkpoint_file(run, AGENT_CHECKPOINT).stat().st_mtime
+
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     for run in args.runs:
         key = str(Path(run))
-        if results.get(key, {}).get("episodes") != args.episodes:
-            results[key] = evaluate(run, args.episodes)
+        if (results.get(key, {}).get("episodes"), results.get(key, {}).get("checkpoint_mtime")) != \
+                (args.episodes, saved_at(run)):
+            results[key] = {**evaluate(policy(run), args.episodes), "checkpoint_mtime": saved_at(run)}
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2, default=float))
         r = results[key]
@@ -52,9 +68,7 @@ def main() -> None:
         print(f"{run}: {args.episodes} episodes, return {r['return_mean']:.2f}{task}")
     if (results.get("baselines", {}).get("episodes"), results.get("baselines", {}).get("env_of")) != \
             (args.episodes, args.runs[0]):
-        from dsae.rl.policy import Policy, baselines
-
-        env = Policy(args.runs[0], "cpu").make_env()
+        env = policy(args.runs[0]).make_env()
         results["baselines"] = {**baselines(env, args.episodes, seed=0), "episodes": args.episodes, "env_of": args.runs[0]}
         env.close()
         out.write_text(json.dumps(results, indent=2, default=float))

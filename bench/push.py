@@ -10,13 +10,14 @@ the goal disc at the episode's end) and the final puck-to-goal distance:
 1. ``expert``: ``scripts/train_rl.py obs=state`` for ``--expert-steps`` (seed 0), trained once
    and reused by every later call; or ``--expert RUN``, a finished state run trained elsewhere;
 2. ``imitation-seed<s>``: ``scripts/imitate.py`` (DAgger) from that expert to the encoder's
-   keypoints, seeds 0..seeds-1 (a finished one taught by another expert or encoder is refused);
+   keypoints, seeds 0..seeds-1;
 3. ``sac-keypoints-seed<s>`` and ``sac-state-seed<s>``: SAC on the frozen keypoints and on the
    state, both for ``--sac-steps`` env steps.
 
 Overrides go to the runs they concern: ``imitation.*`` to imitate.py, ``rl.*`` and ``env.*`` to
 train_rl.py (the imitation runs take the expert's scene), any other to all. Runs go ``--workers`` at a time (one torch thread each) into ``--out``; finished runs are read,
-interrupted ones resumed. Writes ``push.json`` (per mode the per-seed figures and their mean and
+interrupted ones resumed, and runs there of other overrides (another expert, encoder or budget) are
+refused before anything runs. Writes ``push.json`` (per mode the per-seed figures and their mean and
 std, with the do-nothing and random policies'), ``push.png`` (success against env steps for SAC
 and the expert; against DAgger rounds for imitation) and prints the table.
 """
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs import Job, plot_seeds, run_jobs
+from jobs import Job, check_jobs, plot_seeds, run_jobs
 
 FIGURES = ("success_rate", "goal_distance_mean", "return_mean")
 
@@ -46,17 +47,6 @@ def route(overrides: list[str], script: str) -> list[str]:
     """The overrides that concern ``script``: imitation.* to imitate.py; rl.*, env.* to train_rl.py."""
     foreign = ("rl.", "env.") if script == "imitate.py" else ("imitation.",)
     return [o for o in overrides if not o.lstrip("+~").startswith(foreign)]
-
-
-def check_teacher(run_dir: Path, expert: Path, encoder: Path) -> None:
-    """Refuse a finished imitation run in ``run_dir`` that another expert or encoder made."""
-    if not (run_dir / "metrics.json").exists():
-        return
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    made = (Path(metrics["expert_run"]), Path(metrics["encoder"]))
-    if made != (expert, encoder):
-        raise SystemExit(f"{run_dir} was taught by expert {made[0]} on encoder {made[1]}, not {expert} on {encoder}: "
-                         "move it away or pass another --out")
 
 
 def final(metrics: dict) -> dict[str, float]:
@@ -131,20 +121,20 @@ def main() -> None:
     started = time.perf_counter()
     seeds, for_sac = range(args.seeds), route(args.overrides, "train_rl.py")
     if args.expert:  # a finished run: run_jobs reads it
-        expert = Job("expert", "train_rl.py", [], Path(args.expert).resolve())
+        expert = Job("expert", "train_rl.py", [], Path(args.expert).resolve(), made_elsewhere=True)
         if not (expert.run_dir / "metrics.json").exists():
             parser.error(f"--expert {expert.run_dir} is not a finished scripts/train_rl.py run (no metrics.json): "
                          "end it with `scripts/train_rl.py resume=RUN rl.steps=<its checkpoint's step>`")
     else:
         expert = sac("state", -1, args.expert_steps, out, for_sac)
-    for s in seeds:
-        check_teacher(out / f"imitation-seed{s}", expert.run_dir, encoder)
     jobs = [sac("keypoints", s, args.sac_steps, out, [f"encoder={encoder}", *for_sac]) for s in seeds]
     jobs += [sac("state", s, args.sac_steps, out, for_sac) for s in seeds]
+    students = [Job(f"imitation-seed{s}", "imitate.py", [f"expert={expert.run_dir}", f"encoder={encoder}", f"seed={s}",
+                                                         *route(args.overrides, "imitate.py")], out / f"imitation-seed{s}")
+                for s in seeds]
+    check_jobs([expert, *jobs, *students])  # before anything runs
     done = run_jobs([expert, *jobs], args.workers)  # SAC runs beside the expert; imitation needs it
-    done |= run_jobs([Job(f"imitation-seed{s}", "imitate.py", [f"expert={expert.run_dir}", f"encoder={encoder}",
-                                                               f"seed={s}", *route(args.overrides, "imitate.py")],
-                          out / f"imitation-seed{s}") for s in seeds], args.workers)
+    done |= run_jobs(students, args.workers)
     runs = {mode: [m for name, m in done.items() if name.startswith(mode)]
             for mode in ("expert", "imitation", "sac-state", "sac-keypoints")}
     baselines = runs["expert"][0]["baselines"]

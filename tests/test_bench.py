@@ -1,6 +1,7 @@
 """The benchmarks run and write their JSON (tiny repeat counts; no timing is asserted)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,12 +94,18 @@ def test_push_benchmark_names_an_unfinished_expert_and_students_of_another_teach
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "is not a finished scripts/train_rl.py run" in proc.stderr
     (expert / "metrics.json").write_text("{}")
-    (out / "imitation-seed1").mkdir(parents=True)
-    stale = {"expert_run": str(tmp_path / "old-expert"), "encoder": str(encoder)}
-    (out / "imitation-seed1" / "metrics.json").write_text(json.dumps(stale))
+    stale = out / "imitation-seed1"
+    (stale / ".hydra").mkdir(parents=True)
+    (stale / "metrics.json").write_text("{}")
+    (stale / ".hydra" / "overrides.yaml").write_text(
+        f"- expert={tmp_path / 'old-expert'}\n- encoder={encoder}\n- seed=1\n- threads=1\n- progress=false\n- logger=none\n")
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0 and f"was taught by expert {tmp_path / 'old-expert'}" in proc.stderr
+    assert proc.returncode != 0
+    assert f"was made with ['expert={tmp_path / 'old-expert'}'], where this benchmark runs ['expert={expert}']" in proc.stderr
     assert not (out / "sac-state-seed0").exists(), "nothing ran before the stale student was named"
+    (stale / ".hydra" / "overrides.yaml").unlink()
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "holds a run but no .hydra/overrides.yaml" in proc.stderr
 
 
 def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp_path):
@@ -118,8 +125,11 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
     assert (tmp_path / "kq" / "tiny" / "reacher-seed0" / "metrics.json").stat().st_mtime == first
     again = json.loads((tmp_path / "kq" / "tiny.json").read_text())
     assert set(again["scenes"]) == {"reacher", "other"} and again["scenes"]["reacher"] == summary["scenes"]["reacher"]
-    run("keypoint_quality.py", *args[:-len(overrides)], *overrides, "train.lr=0.001")  # other overrides (runs read)
-    assert set(json.loads((tmp_path / "kq" / "tiny.json").read_text())["scenes"]) == {"reacher"}
+    # Other overrides under the same name: the runs they would be confused with are refused.
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "keypoint_quality.py"), *args, "train.lr=0.001"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "where this benchmark runs ['train.lr=0.001']" in proc.stderr
+    assert set(json.loads((tmp_path / "kq" / "tiny.json").read_text())["scenes"]) == {"reacher", "other"}
 
     # Where the best keypoint sits: its error here is the one metrics.json reports.
     run("keypoint_offsets.py", str(tmp_path / "kq" / "tiny" / "reacher-seed0"), "--out", str(tmp_path / "off.json"))
@@ -156,3 +166,8 @@ def test_policy_eval_replays_a_runs_evaluation_episodes_and_more(tmp_path):
     assert row["returns"][:2] == pytest.approx(metrics["eval_returns"], abs=1e-4), "the run's own 2 episodes come first"
     run("policy_eval.py", str(tmp_path / "sac"), "--episodes", "3", "--out", str(out))  # read, not played again
     assert json.loads(out.read_text())[str(tmp_path / "sac")]["wall_s"] == row["wall_s"]
+    checkpoint = tmp_path / "sac" / "checkpoints" / "agent.pt"  # trained on: played again
+    os.utime(checkpoint, (checkpoint.stat().st_atime, checkpoint.stat().st_mtime + 60))
+    run("policy_eval.py", str(tmp_path / "sac"), "--episodes", "3", "--out", str(out))
+    again = json.loads(out.read_text())[str(tmp_path / "sac")]
+    assert again["checkpoint_mtime"] == row["checkpoint_mtime"] + 60 and again["wall_s"] != row["wall_s"]
