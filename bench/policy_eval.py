@@ -1,12 +1,13 @@
 """Benchmark: trained policies on more evaluation episodes than their runs played.
 
-    python bench/policy_eval.py RUN [RUN ...] [--episodes 100] [--out bench/results/push/policy_eval.json]
+    python bench/policy_eval.py RUN [RUN ...] [--episodes 100] [--first 0] [--out bench/results/push/policy_eval.json]
 
 Each RUN is a ``scripts/train_rl.py`` or ``scripts/imitate.py`` run folder. Its deterministic policy
 plays the fixed evaluation episodes 0..episodes-1 (the first 20 are the ones the runs report), and
 the JSON gets, per run, the return, success rate and final object-to-goal distance (with each
 episode's), and under ``baselines`` the do-nothing and random policies' on the same episodes (in
-the first run's env). A success rate from 20 episodes has a binomial standard error near 0.11 at
+the first run's env). ``--first N`` plays episodes N..N+episodes-1 instead: with ``--first 100``, episodes
+no run has been evaluated or chosen on. A success rate from 20 episodes has a binomial standard error near 0.11 at
 0.5; from 100, near 0.05. Runs already in ``--out`` with the same episode count and checkpoint (its
 modification time) are read, not played again.
 """
@@ -21,22 +22,23 @@ from pathlib import Path
 import torch
 
 
-def evaluate(policy, episodes: int) -> dict:
-    """A loaded ``Policy``'s figures on evaluation episodes 0..episodes-1."""
+def evaluate(policy, episodes: int, first: int) -> dict:
+    """A loaded ``Policy``'s figures on evaluation episodes first..first+episodes-1."""
     from dsae.rl.policy import evaluate_policy, summarise
 
     started = time.perf_counter()
     env = policy.make_env()
-    played = evaluate_policy(env, lambda o: policy.agent.act(o, deterministic=True), episodes)
+    played = evaluate_policy(env, lambda o: policy.agent.act(o, deterministic=True), episodes, first)
     env.close()
     return {**summarise(played), **{k: v for k, v in played.items() if k != "returns"}, "episodes": episodes,
-            "kind": policy.kind, "wall_s": time.perf_counter() - started}
+            "first": first, "kind": policy.kind, "wall_s": time.perf_counter() - started}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="train_rl.py or imitate.py run folders")
     parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--first", type=int, default=0, help="the first evaluation episode played")
     parser.add_argument("--out", default="bench/results/push/policy_eval.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -58,18 +60,19 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     for run in args.runs:
         key = str(Path(run))
-        if (results.get(key, {}).get("episodes"), results.get(key, {}).get("checkpoint_mtime")) != \
-                (args.episodes, saved_at(run)):
-            results[key] = {**evaluate(policy(run), args.episodes), "checkpoint_mtime": saved_at(run)}
+        row = results.get(key, {})
+        if (row.get("episodes"), row.get("first", 0), row.get("checkpoint_mtime")) != (args.episodes, args.first, saved_at(run)):
+            results[key] = {**evaluate(policy(run), args.episodes, args.first), "checkpoint_mtime": saved_at(run)}
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2, default=float))
         r = results[key]
         task = f", success {r['success_rate']:.2f}, distance {r['goal_distance_mean']:.3f} m" if "success_rate" in r else ""
-        print(f"{run}: {args.episodes} episodes, return {r['return_mean']:.2f}{task}")
-    if (results.get("baselines", {}).get("episodes"), results.get("baselines", {}).get("env_of")) != \
-            (args.episodes, args.runs[0]):
+        print(f"{run}: episodes {args.first}..{args.first + args.episodes - 1}, return {r['return_mean']:.2f}{task}")
+    done = results.get("baselines", {})
+    if (done.get("episodes"), done.get("first", 0), done.get("env_of")) != (args.episodes, args.first, args.runs[0]):
         env = policy(args.runs[0]).make_env()
-        results["baselines"] = {**baselines(env, args.episodes, seed=0), "episodes": args.episodes, "env_of": args.runs[0]}
+        results["baselines"] = {**baselines(env, args.episodes, seed=0, first=args.first), "episodes": args.episodes,
+                                "first": args.first, "env_of": args.runs[0]}
         env.close()
         out.write_text(json.dumps(results, indent=2, default=float))
     for name in ("do_nothing", "random"):

@@ -171,3 +171,8 @@ def test_policy_eval_replays_a_runs_evaluation_episodes_and_more(tmp_path):
     run("policy_eval.py", str(tmp_path / "sac"), "--episodes", "3", "--out", str(out))
     again = json.loads(out.read_text())[str(tmp_path / "sac")]
     assert again["checkpoint_mtime"] == row["checkpoint_mtime"] + 60 and again["wall_s"] != row["wall_s"]
+    run("policy_eval.py", str(tmp_path / "sac"), "--episodes", "1", "--first", "2", "--out", str(out))
+    later = json.loads(out.read_text())
+    assert later[str(tmp_path / "sac")]["returns"] == pytest.approx(row["returns"][2:], abs=1e-4)
+    assert later["baselines"]["do_nothing"]["returns"] == pytest.approx(
+        written["baselines"]["do_nothing"]["returns"][2:], abs=1e-4)

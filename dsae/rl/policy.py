@@ -99,13 +99,13 @@ def scale_action(space: gym.spaces.Box, action: np.ndarray) -> np.ndarray:
     return (space.low + (action + 1.0) * 0.5 * (space.high - space.low)).astype(space.dtype)
 
 
-def evaluate_policy(env: gym.Env, act: Callable[[Any], np.ndarray], episodes: int) -> dict[str, list]:
-    """Play ``episodes`` fixed evaluation episodes (seeds EVAL_SEED + i); ``act`` gives actions in
+def evaluate_policy(env: gym.Env, act: Callable[[Any], np.ndarray], episodes: int, first: int = 0) -> dict[str, list]:
+    """Play ``episodes`` fixed evaluation episodes (seeds EVAL_SEED + first + i); ``act`` gives actions in
     [-1, 1]. Returns ``{"returns": [...]}``, and in a scene with a task (``env.task_object``) each
     episode's ``success`` and final ``goal_distance`` (metres) too."""
     out: dict[str, list] = {"returns": []}
     for i in range(episodes):
-        obs, info = env.reset(seed=EVAL_SEED + i)
+        obs, info = env.reset(seed=EVAL_SEED + first + i)
         total, done = 0.0, False
         while not done:
             obs, reward, terminated, truncated, info = env.step(scale_action(env.action_space, act(obs)))
@@ -136,13 +136,13 @@ def figures(summary: dict[str, Any]) -> str:
     return text
 
 
-def baselines(env: gym.Env, episodes: int, seed: int) -> dict[str, dict[str, Any]]:
-    """What a policy must beat, on the evaluation episodes: ``random`` (uniform actions) and
-    ``do_nothing`` (the action box's centre: zero torque for the MuJoCo tasks), each
-    :func:`summarise`d."""
+def baselines(env: gym.Env, episodes: int, seed: int, first: int = 0) -> dict[str, dict[str, Any]]:
+    """What a policy must beat, on the evaluation episodes (those of :func:`evaluate_policy`):
+    ``random`` (uniform actions) and ``do_nothing`` (the action box's centre: zero torque for the
+    MuJoCo tasks), each :func:`summarise`d."""
     rng, shape = np.random.default_rng(seed), env.action_space.shape
-    return {"random": summarise(evaluate_policy(env, lambda o: rng.uniform(-1.0, 1.0, shape), episodes)),
-            "do_nothing": summarise(evaluate_policy(env, lambda o: np.zeros(shape), episodes))}
+    return {"random": summarise(evaluate_policy(env, lambda o: rng.uniform(-1.0, 1.0, shape), episodes, first)),
+            "do_nothing": summarise(evaluate_policy(env, lambda o: np.zeros(shape), episodes, first))}
 
 
 def agent_checkpoint(agent: SACAgent, cfg: RLRunConfig, env_cfg: EnvConfig, **progress: Any) -> dict[str, Any]:
