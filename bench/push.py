@@ -10,7 +10,7 @@ the goal disc at the episode's end) and the final puck-to-goal distance:
 1. ``expert``: ``scripts/train_rl.py obs=state`` for ``--expert-steps`` (seed 0), trained once
    and reused by every later call; or ``--expert RUN``, a finished state run trained elsewhere;
 2. ``imitation-seed<s>``: ``scripts/imitate.py`` (DAgger) from that expert to the encoder's
-   keypoints, seeds 0..seeds-1;
+   keypoints, seeds 0..seeds-1 (before the SAC runs when the expert is given);
 3. ``sac-keypoints-seed<s>`` and ``sac-state-seed<s>``: SAC on the frozen keypoints and on the
    state, both for ``--sac-steps`` env steps.
 
@@ -133,8 +133,10 @@ def main() -> None:
                                                          *route(args.overrides, "imitate.py")], out / f"imitation-seed{s}")
                 for s in seeds]
     check_jobs([expert, *jobs, *students])  # before anything runs
-    done = run_jobs([expert, *jobs], args.workers)  # SAC runs beside the expert; imitation needs it
-    done |= run_jobs(students, args.workers)
+    if expert.made_elsewhere:  # a finished expert: its students go first
+        done = run_jobs([expert, *students, *jobs], args.workers)
+    else:  # SAC runs beside the expert; imitation needs it
+        done = run_jobs([expert, *jobs], args.workers) | run_jobs(students, args.workers)
     runs = {mode: [m for name, m in done.items() if name.startswith(mode)]
             for mode in ("expert", "imitation", "sac-state", "sac-keypoints")}
     baselines = runs["expert"][0]["baselines"]
