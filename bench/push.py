@@ -100,6 +100,9 @@ def table(result: dict) -> str:
         b = result[name]
         lines.append(f"| {name.replace('_', ' ')} | | | {b['success_rate']:.2f} | {b['goal_distance_mean']:.2f} | "
                      f"{b['return_mean']:.2f} |")
+    if result["expert_reward_weights"]:
+        lines.append(f"\nReturns of the expert, its students and the baselines are on the expert's reward "
+                     f"({result['expert_reward_weights']}); SAC's on the scene's, with this benchmark's env overrides.")
     return "\n".join(lines)
 
 
@@ -141,7 +144,8 @@ def main() -> None:
             for mode in ("expert", "imitation", "sac-state", "sac-keypoints")}
     baselines = runs["expert"][0]["baselines"]
     result = {"env": "pusher", "encoder": str(encoder), "eval_episodes": 20, "wall_s": time.perf_counter() - started,
-              "do_nothing": baselines["do_nothing"], "random": baselines["random"], "modes": {}}
+              "do_nothing": baselines["do_nothing"], "random": baselines["random"], "modes": {},
+              "expert_reward_weights": json.loads((expert.run_dir / "config.json").read_text())["env"]["reward_weights"]}
     for mode, ms in runs.items():
         steps = [m["labelled_steps"] if mode == "imitation" else m["env_steps"] for m in ms]
         result["modes"][mode] = {**summary_row(ms), "env_steps": steps[0]}
