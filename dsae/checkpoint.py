@@ -34,13 +34,14 @@ METRICS = "metrics.json"  # written last: a run folder that has it is finished
 RUN_ROOTS = (Path("outputs"), Path("multirun"))  # where Hydra puts single runs and sweep jobs
 RUNTIME_SETTINGS = ("device", "threads", "progress", "logger", "resume", "train.resume", "data.workers",
                     "train.log_every", "train.eval_every", "train.image_every", "train.checkpoint_every",
-                    "rl.log_every", "rl.checkpoint_every", "rl.steps")
+                    "rl.log_every", "rl.checkpoint_every", "rl.steps", "imitation.rounds")
 """Settings that change how a run is carried out or reported, not what it computes: a resumed
-run takes these from the command that resumes it, and the rest from its checkpoint. ``rl.steps``
-is among them: an RL run's budget changes nothing it computes before reaching it (no schedule;
-the replay buffer keeps every transition), so ``resume=RUN rl.steps=N`` trains a run further."""
+run takes these from the command that resumes it, and the rest from its checkpoint. The RL and
+imitation budgets are among them: they change nothing a run computes before reaching them (no
+schedule; the replay buffer and the labelled steps keep every record), so ``resume=RUN
+rl.steps=N`` trains an agent further and ``resume=RUN imitation.rounds=N`` a student."""
 
-BUDGET_SETTINGS = ("rl.steps",)
+BUDGET_SETTINGS = ("rl.steps", "imitation.rounds")
 """Runtime settings a resumed run keeps from its checkpoint unless the command names them: a bare
 ``resume=RUN`` goes on to the run's own budget, not to the default one."""
 

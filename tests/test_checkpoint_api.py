@@ -70,5 +70,10 @@ def test_a_resumed_run_keeps_its_budget_unless_the_command_names_one():
     assert bare["rl"]["steps"] == 400 and bare["device"] == "cuda", "budget kept; runtime settings from the command"
     assert resumed_config(saved, given, ["resume=run", "rl.steps=20"], key="resume")["rl"]["steps"] == 20
     assert resumed_config(saved, given, None, key="resume")["rl"]["steps"] == 20  # None: everything counts as given
+    student = {"seed": 0, "imitation": {"rounds": 16, "lr": 0.001}}
+    defaults = {"seed": 0, "imitation": {"rounds": 8, "lr": 0.001}}
+    assert resumed_config(student, defaults, ["resume=run"], key="resume")["imitation"]["rounds"] == 16
+    extended = {"seed": 0, "imitation": {"rounds": 24, "lr": 0.001}}
+    assert resumed_config(student, extended, ["resume=run", "imitation.rounds=24"], key="resume")["imitation"]["rounds"] == 24
     with pytest.raises(ConfigError, match="rl.lr=0.01"):
         resumed_config(saved, {**given, "rl": {"steps": 20, "lr": 0.01}}, ["resume=run", "rl.lr=0.01"], key="resume")

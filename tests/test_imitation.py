@@ -2,7 +2,6 @@
 kill -> resume to the same weights, fine-tuning, filming, and bad input named."""
 
 import json
-import shutil
 import sys
 
 import numpy as np
@@ -104,15 +103,15 @@ def test_imitate_script_without_an_expert_says_what_to_pass(runs, tmp_path):
 
 
 def test_push_benchmark_reuses_the_expert_and_tabulates_every_policy(runs, tmp_path):
-    """bench/push.py on a tiny budget: the finished expert is read, not trained again; SAC on state
-    and on keypoints and DAgger each run; the JSON, the plot and the table hold every policy."""
+    """bench/push.py on a tiny budget: the finished expert given by --expert is read, not trained
+    again; SAC on state and on keypoints and DAgger each run; the JSON, the plot and the table hold
+    every policy."""
     out = tmp_path / "push"
-    shutil.copytree(runs / "expert", out / "expert")
     tiny = ["rl.init_steps=24", "rl.batch_size=16", "rl.hidden=[32]", "rl.eval_episodes=2", "env.max_episode_steps=12",
             "device=cpu", "imitation.rounds=1", "imitation.episodes_per_round=1", "imitation.updates_per_round=5",
             "imitation.batch_size=8", "imitation.hidden=[16]", "imitation.eval_episodes=2"]
-    proc = run_bench("push.py", "--encoder", str(runs / "encoder"), "--seeds", "1", "--sac-steps", "36",
-                     "--out", str(out), "--", *tiny)
+    proc = run_bench("push.py", "--encoder", str(runs / "encoder"), "--expert", str(runs / "expert"), "--seeds", "1",
+                     "--sac-steps", "36", "--out", str(out), "--", *tiny)
     assert "[bench] expert: already done" in proc.stdout and "| DAgger on keypoints | 12 | 1 |" in proc.stdout
     result = json.loads((out / "push.json").read_text())
     assert set(result["modes"]) == {"expert", "imitation", "sac-state", "sac-keypoints"}
