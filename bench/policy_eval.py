@@ -1,15 +1,16 @@
 """Benchmark: trained policies on more evaluation episodes than their runs played.
 
-    python bench/policy_eval.py RUN [RUN ...] [--episodes 100] [--first 0] [--out bench/results/push/policy_eval.json]
+    python bench/policy_eval.py RUN [RUN ...] [--episodes 100] [--first 0]
+        [--out bench/results/push/policy_eval.json]
 
 Each RUN is a ``scripts/train_rl.py`` or ``scripts/imitate.py`` run folder. Its deterministic policy
 plays the fixed evaluation episodes 0..episodes-1 (the first 20 are the ones the runs report), and
 the JSON gets, per run, the return, success rate and final object-to-goal distance (with each
 episode's), and under ``baselines`` the do-nothing and random policies' on the same episodes (in
-the first run's env). ``--first N`` plays episodes N..N+episodes-1 instead: with ``--first 100``, episodes
-no run has been evaluated or chosen on. A success rate from 20 episodes has a binomial standard error near 0.11 at
-0.5; from 100, near 0.05. Runs already in ``--out`` with the same episode count and checkpoint (its
-modification time) are read, not played again.
+the first run's env). ``--first N`` plays episodes N..N+episodes-1 instead: with ``--first 100``,
+episodes no run has been evaluated or chosen on. A success rate from 20 episodes has a binomial
+standard error near 0.11 at 0.5; from 100, near 0.05. Runs already in ``--out`` with the same
+episodes and checkpoint (its modification time) are read, not played again.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/push/policy_eval.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from dsae.rl.policy import Policy, baselines
+    from dsae.rl.policy import Policy, baselines, figures
 
     loaded: dict[str, Policy] = {}  # a SAC checkpoint holds its replay buffer: each is loaded once
 
@@ -60,25 +61,20 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     for run in args.runs:
         key = str(Path(run))
-        row = results.get(key, {})
-        if (row.get("episodes"), row.get("first", 0), row.get("checkpoint_mtime")) != (args.episodes, args.first, saved_at(run)):
-            results[key] = {**evaluate(policy(run), args.episodes, args.first), "checkpoint_mtime": saved_at(run)}
+        wanted = {"episodes": args.episodes, "first": args.first, "checkpoint_mtime": saved_at(run)}
+        if {k: results.get(key, {}).get(k) for k in wanted} != wanted:
+            results[key] = {**evaluate(policy(run), args.episodes, args.first), **wanted}
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2, default=float))
-        r = results[key]
-        task = f", success {r['success_rate']:.2f}, distance {r['goal_distance_mean']:.3f} m" if "success_rate" in r else ""
-        print(f"{run}: episodes {args.first}..{args.first + args.episodes - 1}, return {r['return_mean']:.2f}{task}")
-    done = results.get("baselines", {})
-    if (done.get("episodes"), done.get("first", 0), done.get("env_of")) != (args.episodes, args.first, args.runs[0]):
+        print(f"{run}: episodes {args.first}..{args.first + args.episodes - 1}, {figures(results[key])}")
+    wanted = {"episodes": args.episodes, "first": args.first, "env_of": args.runs[0]}
+    if {k: results.get("baselines", {}).get(k) for k in wanted} != wanted:
         env = policy(args.runs[0]).make_env()
-        results["baselines"] = {**baselines(env, args.episodes, seed=0, first=args.first), "episodes": args.episodes,
-                                "first": args.first, "env_of": args.runs[0]}
+        results["baselines"] = {**baselines(env, args.episodes, seed=0, first=args.first), **wanted}
         env.close()
         out.write_text(json.dumps(results, indent=2, default=float))
     for name in ("do_nothing", "random"):
-        b = results["baselines"][name]
-        task = f", success {b['success_rate']:.2f}, distance {b['goal_distance_mean']:.3f} m" if "success_rate" in b else ""
-        print(f"{name}: return {b['return_mean']:.2f}{task}")
+        print(f"{name}: {figures(results['baselines'][name])}")
     print(f"[bench] wrote {out}")
 
 

@@ -15,11 +15,12 @@ the goal disc at the episode's end) and the final puck-to-goal distance:
    state, both for ``--sac-steps`` env steps.
 
 Overrides go to the runs they concern: ``imitation.*`` to imitate.py, ``rl.*`` and ``env.*`` to
-train_rl.py (the imitation runs take the expert's scene), any other to all. Runs go ``--workers`` at a time (one torch thread each) into ``--out``; finished runs are read,
-interrupted ones resumed, and runs there of other overrides (another expert, encoder or budget) are
-refused before anything runs. Writes ``push.json`` (per mode the per-seed figures and their mean and
-std, with the do-nothing and random policies'), ``push.png`` (success against env steps for SAC
-and the expert; against DAgger rounds for imitation) and prints the table.
+train_rl.py (the imitation runs take the expert's scene), any other to all. Runs go ``--workers``
+at a time (one torch thread each) into ``--out``; finished runs are read, interrupted ones resumed,
+and runs there of other overrides (another expert, encoder or budget) are refused before anything
+runs. Writes ``push.json`` (per mode the per-seed figures and their mean and std, with the
+do-nothing and random policies'), ``push.png`` (success against env steps for SAC and the expert;
+against DAgger rounds for imitation) and prints the table.
 """
 
 from __future__ import annotations
