@@ -1,7 +1,7 @@
 """Benchmark: push the puck from pixels. A state expert, a keypoint policy it teaches, and SAC.
 
     python bench/push.py --encoder RUN [--expert RUN | --expert-steps 150000] [--seeds 3]
-        [--sac-steps 30000] [--workers 2] [--out bench/results/push] [-- OVERRIDE ...]
+        [--sac-steps 20000] [--rounds N] [--workers 2] [--out bench/results/push] [-- OVERRIDE ...]
 
 ``--encoder``: a ``scripts/train.py env=pusher`` run. On Pusher (``env=pusher``), all runs play the
 same 20 evaluation episodes and report the return, the success rate (the puck's centre inside
@@ -10,7 +10,7 @@ the goal disc at the episode's end) and the final puck-to-goal distance:
 1. ``expert``: ``scripts/train_rl.py obs=state`` for ``--expert-steps`` (seed 0), trained once
    and reused by every later call; or ``--expert RUN``, a finished state run trained elsewhere;
 2. ``imitation-seed<s>``: ``scripts/imitate.py`` (DAgger) from that expert to the encoder's
-   keypoints, seeds 0..seeds-1 (before the SAC runs when the expert is given);
+   keypoints for ``--rounds`` rounds, seeds 0..seeds-1 (before the SAC runs when the expert is given);
 3. ``sac-keypoints-seed<s>`` and ``sac-state-seed<s>``: SAC on the frozen keypoints and on the
    state, both for ``--sac-steps`` env steps.
 
@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from jobs import Job, check_jobs, plot_seeds, run_jobs
+
+from dsae.rl.config import DAggerConfig
 
 FIGURES = ("success_rate", "goal_distance_mean", "return_mean")
 
@@ -114,11 +116,15 @@ def main() -> None:
                         "students (default: train <out>/expert for --expert-steps)")
     parser.add_argument("--expert-steps", type=int, default=150000, help="the state expert's env steps")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--sac-steps", type=int, default=30000, help="env steps of SAC on keypoints and on state")
+    parser.add_argument("--sac-steps", type=int, default=20000, help="env steps of SAC on keypoints and on state")
+    parser.add_argument("--rounds", type=int, default=DAggerConfig.rounds,
+                        help="DAgger rounds of each student (default: imitate.py's)")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time")
     parser.add_argument("--out", default="bench/results/push")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (see above for which runs get them)")
     args = parser.parse_args()
+    if any(o.lstrip("+~").startswith("imitation.rounds=") for o in args.overrides):
+        parser.error("give the students' rounds with --rounds, not as an override")
     encoder, out = Path(args.encoder).resolve(), Path(args.out).resolve()
     if not (encoder / "checkpoints" / "last.pt").exists():
         parser.error(f"--encoder {encoder} is not a finished scripts/train.py run (no checkpoints/last.pt)")
@@ -133,8 +139,9 @@ def main() -> None:
         expert = sac("state", -1, args.expert_steps, out, for_sac)
     jobs = [sac("keypoints", s, args.sac_steps, out, [f"encoder={encoder}", *for_sac]) for s in seeds]
     jobs += [sac("state", s, args.sac_steps, out, for_sac) for s in seeds]
-    students = [Job(f"imitation-seed{s}", "imitate.py", [f"expert={expert.run_dir}", f"encoder={encoder}", f"seed={s}",
-                                                         *route(args.overrides, "imitate.py")], out / f"imitation-seed{s}")
+    for_students = [f"expert={expert.run_dir}", f"encoder={encoder}", f"imitation.rounds={args.rounds}",
+                    *route(args.overrides, "imitate.py")]
+    students = [Job(f"imitation-seed{s}", "imitate.py", [*for_students, f"seed={s}"], out / f"imitation-seed{s}")
                 for s in seeds]
     check_jobs([expert, *jobs, *students])  # before anything runs
     if expert.made_elsewhere:  # a finished expert: its students go first

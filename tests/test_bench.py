@@ -90,15 +90,18 @@ def test_push_benchmark_names_an_unfinished_expert_and_students_of_another_teach
     (encoder / "checkpoints" / "last.pt").write_bytes(b"")
     expert.mkdir()
     command = [sys.executable, str(REPO / "bench" / "push.py"), "--encoder", str(encoder), "--expert", str(expert),
-               "--out", str(out)]
+               "--rounds", "5", "--out", str(out)]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "is not a finished scripts/train_rl.py run" in proc.stderr
+    proc = subprocess.run([*command, "--", "imitation.rounds=3"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "give the students' rounds with --rounds" in proc.stderr
     (expert / "metrics.json").write_text("{}")
     stale = out / "imitation-seed1"
     (stale / ".hydra").mkdir(parents=True)
     (stale / "metrics.json").write_text("{}")
     (stale / ".hydra" / "overrides.yaml").write_text(
-        f"- expert={tmp_path / 'old-expert'}\n- encoder={encoder}\n- seed=1\n- threads=1\n- progress=false\n- logger=none\n")
+        f"- expert={tmp_path / 'old-expert'}\n- encoder={encoder}\n- imitation.rounds=5\n- seed=1\n"
+        "- threads=1\n- progress=false\n- logger=none\n")
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert f"was made with ['expert={tmp_path / 'old-expert'}'], where this benchmark runs ['expert={expert}']" in proc.stderr

@@ -108,10 +108,10 @@ def test_push_benchmark_reuses_the_expert_and_tabulates_every_policy(runs, tmp_p
     every policy."""
     out = tmp_path / "push"
     tiny = ["rl.init_steps=24", "rl.batch_size=16", "rl.hidden=[32]", "rl.eval_episodes=2", "env.max_episode_steps=12",
-            "device=cpu", "imitation.rounds=1", "imitation.episodes_per_round=1", "imitation.updates_per_round=5",
+            "device=cpu", "imitation.episodes_per_round=1", "imitation.updates_per_round=5",
             "imitation.batch_size=8", "imitation.hidden=[16]", "imitation.eval_episodes=2"]
     proc = run_bench("push.py", "--encoder", str(runs / "encoder"), "--expert", str(runs / "expert"), "--seeds", "1",
-                     "--sac-steps", "36", "--out", str(out), "--", *tiny)
+                     "--sac-steps", "36", "--rounds", "1", "--out", str(out), "--", *tiny)
     assert "[bench] expert: already done" in proc.stdout and "| DAgger on keypoints | 12 | 1 |" in proc.stdout
     result = json.loads((out / "push.json").read_text())
     assert set(result["modes"]) == {"expert", "imitation", "sac-state", "sac-keypoints"}

@@ -106,7 +106,7 @@ class DAggerConfig:
     settings. Round i lets the expert act at each step with probability ``beta ** i`` (round 0:
     the expert's own episodes), the student otherwise; the expert labels every step."""
 
-    rounds: int = 16  # collect, relabel, train: this many times (on Pusher the student still gained from 8 to 16)
+    rounds: int = 32  # collect, relabel, train: this many times (on Pusher the student still gained from 24 to 32)
     episodes_per_round: int = 10  # episodes collected each round
     beta: float = 0.5  # the expert acts with probability beta ** round at each step of a round
     updates_per_round: int = 1000  # gradient steps on all the labelled steps so far, each round
