@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -75,7 +75,7 @@ class ExplorationPolicy:
     def _hold(self, rng: np.random.Generator) -> int:
         return int(rng.integers(self.hold[0], self.hold[1], endpoint=True))
 
-    def __call__(self, joint_state: np.ndarray) -> np.ndarray:
+    def __call__(self, joint_state: np.ndarray, obs: Optional[np.ndarray] = None) -> np.ndarray:
         if len(self.rngs) != joint_state.shape[0]:
             raise RuntimeError(f"policy reset for {len(self.rngs)} envs, called with {joint_state.shape[0]}")
         uniform = np.stack([r.uniform(self.low, self.high) for r in self.rngs])
@@ -95,6 +95,42 @@ class ExplorationPolicy:
         action = np.where(self.servo, target, pd)
         action = action + self.noise * half * np.stack([r.standard_normal(len(self.low)) for r in self.rngs])
         return np.clip(np.where(driven, action, uniform), self.low, self.high)
+
+
+class RunPolicy:
+    """A trained state agent (a ``scripts/train_rl.py obs=state`` run of the same scene) as the
+    collector: its deterministic action plus Gaussian noise of ``noise`` half-ranges, so the frames
+    show the task being done (the arm reaching and moving the objects), as the paper's autoencoder
+    was trained on its controllers' rollouts. Batched: observations (N, D) -> actions (N, A)."""
+
+    def __init__(self, path: str, env, noise: float = 0.2):
+        from dsae.rl.policy import Policy
+
+        self.policy = Policy(path, device="cpu")
+        if self.policy.kind != "sac" or self.policy.cfg.obs != "state":
+            raise ConfigError(f"data.policy={path}: collecting needs a scripts/train_rl.py obs=state run "
+                              "(an agent that acts on the scene's state), not this one")
+        if self.policy.env_config.name != env.unwrapped.config.name:
+            raise ConfigError(f"data.policy={path} was trained on env '{self.policy.env_config.name}', "
+                              f"not '{env.unwrapped.config.name}'")
+        self.low = np.asarray(env.action_space.low, dtype=np.float64)
+        self.high = np.asarray(env.action_space.high, dtype=np.float64)
+        self.noise = noise
+        self.rngs: list[np.random.Generator] = []
+
+    def reset(self, seeds: list[int]) -> None:
+        self.rngs = [np.random.default_rng([s, 0xD5AE]) for s in seeds]
+
+    def __call__(self, joint_state: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        half = (self.high - self.low) / 2
+        action = np.stack([self.policy.act(o) for o in obs])
+        action = action + self.noise * half * np.stack([r.standard_normal(len(self.low)) for r in self.rngs])
+        return np.clip(action, self.low, self.high)
+
+
+def make_policy(env, policy: str):
+    """The collector that ``data.policy`` names: ExplorationPolicy (pd, random) or RunPolicy (a run)."""
+    return ExplorationPolicy(env, kind=policy) if policy in POLICIES else RunPolicy(policy, env)
 
 
 def dataset_settings(env_cfg: EnvConfig, data_cfg: DataConfig) -> dict:
@@ -153,7 +189,7 @@ def collect(env_cfg: EnvConfig, data_cfg: DataConfig, root: Path | str | None = 
     probe.reset(seed=data_cfg.seed)
     frame = probe.render()
     objects = probe.object_names
-    policy = ExplorationPolicy(probe, kind=data_cfg.policy)
+    policy = make_policy(probe, data_cfg.policy)
     probe.close()
     root.mkdir(parents=True, exist_ok=True)
 
@@ -184,19 +220,19 @@ def collect(env_cfg: EnvConfig, data_cfg: DataConfig, root: Path | str | None = 
     return root
 
 
-def _run_batch(envs, policy: ExplorationPolicy, indices: list[int], seed: int, objects: list[str]) -> list[dict]:
+def _run_batch(envs, policy: ExplorationPolicy | RunPolicy, indices: list[int], seed: int, objects: list[str]) -> list[dict]:
     """Run one episode per index (a vector env may have more slots than indices)."""
     n = envs.num_envs
     seeds = [seed + i for i in indices] + [seed + indices[-1] + 1 + k for k in range(n - len(indices))]
-    _, info = envs.reset(seed=seeds)
+    obs, info = envs.reset(seed=seeds)
     policy.reset(seeds)
     frames, actions, joint_state = [np.stack(envs.call("render"))], [], [info["joint_state"]]
     pos = {o: [info["positions"][o]] for o in objects}
     px = {o: [info["pixels"][o]] for o in objects}
     matrix = info["camera_matrix"][0]
     while True:
-        action = policy(info["joint_state"])
-        _, _, terminated, truncated, info = envs.step(action.astype(np.float32))
+        action = policy(info["joint_state"], obs)
+        obs, _, terminated, truncated, info = envs.step(action.astype(np.float32))
         if terminated.any():
             raise RuntimeError("an env terminated before its time limit; collection expects fixed-length episodes")
         frames.append(np.stack(envs.call("render")))

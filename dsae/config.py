@@ -18,6 +18,7 @@ import dataclasses
 import inspect
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from dsae.errors import ConfigError
@@ -99,7 +100,7 @@ class DataConfig:
     episodes: Optional[int] = 400  # exactly this many episodes are used (collected when fewer); None: all (imports only)
     workers: int = 2  # collect: parallel env processes (gymnasium AsyncVectorEnv); 1 = in-process
     seed: int = 0  # collect: episode i starts from seed + i
-    policy: str = "pd"  # collect: pd (PD control to random joint targets) or random (uniform actions)
+    policy: str = "pd"  # collect: pd (PD control to random joint targets), random (uniform actions), or a scripts/train_rl.py obs=state run of the scene (its agent acts, with noise)
     val_fraction: float = 0.1  # the last episodes, held out for evaluation
     in_memory: Optional[bool] = None  # frames read into memory; false: memory-mapped, read as needed; None: when they fit in half the free memory
     crop: bool = True  # videos, hdf5: centre-crop frames to a square before resizing (false: stretch them)
@@ -117,7 +118,9 @@ class DataConfig:
         if self.episodes is not None:
             check_at_least(self, "data", 2, "episodes")  # train and held-out
         check_at_least(self, "data", 1, "workers")
-        check_choice(self.policy, "data.policy", ("pd", "random"))
+        if self.policy not in ("pd", "random") and not Path(self.policy).is_dir():
+            raise ConfigError(f"data.policy must be pd, random or the folder of a scripts/train_rl.py obs=state run; "
+                              f"got {self.policy!r}, which is neither")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dsae.collect import ExplorationPolicy, collect, default_dataset_dir
+from dsae.config import DataConfig
 from dsae.data import MANIFEST, DatasetError, load_dataset
 from envs import EnvConfig, make_env
 from tests.conftest import tiny_config
@@ -51,6 +52,8 @@ def test_random_policy_stays_in_bounds():
     assert a.shape == (3, 7) and (np.abs(a) <= 2).all()
     with pytest.raises(ValueError, match="data.policy"):
         ExplorationPolicy(make_env("reacher", image_size=16), kind="brownian")
+    with pytest.raises(ValueError, match="data.policy must be pd, random or the folder of a scripts/train_rl.py"):
+        DataConfig(policy="brownian")
 
 
 def test_dataset_does_not_depend_on_worker_count(tiny_dataset, tmp_path):

@@ -102,6 +102,37 @@ def test_imitate_script_without_an_expert_says_what_to_pass(runs, tmp_path):
     assert out.returncode == 2 and "imitation needs expert=PATH" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_state_expert_collects_the_encoder_data(runs, tmp_path):
+    """data.policy=<state run>: the expert acts, with the collector's noise; each recorded action is
+    its action on that step's state plus the episode's noise stream. A keypoint run, or a run of
+    another scene, is refused by name."""
+    from dataclasses import replace
+
+    from dsae.collect import collect
+    from dsae.config import DataConfig
+    from dsae.errors import ConfigError
+    from dsae.rl import Policy
+    from envs import load_scene, make_env
+
+    scene = replace(load_scene("pusher"), image_size=16, max_episode_steps=12)
+    root = collect(scene, DataConfig(policy=str(runs / "expert"), episodes=2, workers=1), root=tmp_path / "d",
+                   progress=False)
+    episode = np.load(root / "episode_00001.npz")
+    env, expert = make_env(scene), Policy(runs / "expert", device="cpu")
+    obs, _ = env.reset(seed=1)  # episode i starts from data.seed + i
+    half = (env.action_space.high - env.action_space.low) / 2
+    noise = 0.2 * half * np.random.default_rng([1, 0xD5AE]).standard_normal(len(half))
+    expected = np.clip(expert.act(obs) + noise, env.action_space.low, env.action_space.high)
+    np.testing.assert_allclose(episode["actions"][0], expected, atol=1e-5)
+
+    for run, message in (("kp", "collecting needs a scripts/train_rl.py obs=state run"),
+                         ("expert", "was trained on env 'pusher', not 'reacher'")):
+        target = load_scene("reacher") if run == "expert" else scene
+        with pytest.raises(ConfigError, match=message):
+            collect(replace(target, image_size=16), DataConfig(policy=str(runs / run), episodes=2, workers=1),
+                    root=tmp_path / f"bad-{run}", progress=False)
+
+
 def test_push_benchmark_reuses_the_expert_and_tabulates_every_policy(runs, tmp_path):
     """bench/push.py on a tiny budget: the finished expert given by --expert is read, not trained
     again; SAC on state and on keypoints and DAgger each run; the JSON, the plot and the table hold
