@@ -207,6 +207,7 @@ class Config:
     seed: int = 0  # weights, batches and the probe's frame choice
     device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:1, ...
     checkpoint: Optional[str] = None  # evaluate.py / visualize.py: the checkpoint (or run folder)
+    dataset: Optional[str] = None  # evaluate.py: probe on this dataset folder's held-out episodes instead of the checkpoint's
     episodes: int = 3  # visualize.py: fresh episodes to film
     policy: Optional[str] = None  # visualize.py: a scripts/train_rl.py run whose agent acts (default: random actions)
     video: Optional[str] = None  # visualize.py: film the keypoints over this video file instead of fresh rollouts

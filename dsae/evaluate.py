@@ -192,21 +192,28 @@ def reconstruction_mse(model: DeepSpatialAutoencoder, frames: np.ndarray, device
 
 
 def evaluate_checkpoint(path: Optional[str], run_dir: str | Path, device: Optional[str] = "auto",
-                        max_train_frames: Optional[int] = None) -> dict:
-    """Probe a checkpoint on its dataset's held-out episodes; writes ``<run_dir>/metrics.json``."""
+                        max_train_frames: Optional[int] = None, dataset_dir: Optional[str] = None) -> dict:
+    """Probe a checkpoint on its dataset's held-out episodes, or on those of ``dataset_dir`` (a
+    dataset of frames the size it was trained on); writes ``<run_dir>/metrics.json``."""
     import json
 
     from dsae.api import load_model
     from dsae.checkpoint import CheckpointError
     from dsae.config import from_dict
-    from dsae.data import load_dataset
+    from dsae.data import DatasetError, load_dataset
     from dsae.device import resolve_device
 
     if not path:
         raise CheckpointError("no checkpoint given: pass checkpoint=PATH (a .pt file or a run folder)")
     model, state = load_model(path, device)
     cfg = from_dict(state["config"])
-    dataset = load_dataset(state["dataset"], episodes=cfg.data.episodes, in_memory=cfg.data.in_memory)
+    if dataset_dir is None:
+        dataset = load_dataset(state["dataset"], episodes=cfg.data.episodes, in_memory=cfg.data.in_memory)
+    else:
+        dataset = load_dataset(dataset_dir, in_memory=cfg.data.in_memory)
+        if dataset.image_size != state["image_size"]:
+            raise DatasetError(f"dataset={dataset_dir} holds {dataset.image_size} px frames, but the encoder was "
+                               f"trained on {state['image_size']} px: give a dataset of its scene and image size")
     train_eps, val_eps = dataset.split(cfg.data.val_fraction)
     dev = resolve_device(device)
     metrics = {

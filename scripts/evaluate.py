@@ -1,7 +1,8 @@
-"""Score a checkpoint: `python scripts/evaluate.py checkpoint=PATH` (a .pt file or a run folder).
+"""Score a checkpoint: `python scripts/evaluate.py checkpoint=PATH [dataset=DIR]` (a .pt file or a run folder).
 
-Runs the linear probe on the held-out episodes of the checkpoint's dataset and writes
-metrics.json into this command's run folder (printed at the end).
+Runs the linear probe on the held-out episodes of the checkpoint's dataset (or of the dataset
+folder DIR, e.g. one collected another way in the same scene) and writes metrics.json into this
+command's run folder (printed at the end).
 """
 
 import json
@@ -21,7 +22,8 @@ def main(cfg) -> None:
     from dsae.evaluate import evaluate_checkpoint
 
     config = to_config(cfg)
-    metrics = evaluate_checkpoint(config.checkpoint, HydraConfig.get().runtime.output_dir, device=config.device)
+    metrics = evaluate_checkpoint(config.checkpoint, HydraConfig.get().runtime.output_dir, device=config.device,
+                                  dataset_dir=config.dataset)
     print(json.dumps(metrics, indent=2))
 
 

@@ -75,6 +75,21 @@ def test_collect_train_evaluate(tmp_path):
     assert again["probe_r2"] == pytest.approx(metrics["probe_r2"], abs=1e-9)
     assert again["recon_mse"] == pytest.approx(metrics["recon_mse"], rel=1e-6)
 
+    # dataset=DIR probes on another dataset of the scene; one of another image size is refused.
+    def collected(name: str, *extra: str) -> Path:
+        args = [o for o in tiny_overrides(tmp_path, f"collect-{name}") if not o.startswith(("data.dir=", "env.image_size="))]
+        script("collect.py", *args, f"data.dir={tmp_path / name}", *extra)
+        return tmp_path / name
+
+    other = collected("other", "env.image_size=32", "data.seed=100")
+    script("evaluate.py", f"checkpoint={run}", f"dataset={other}", f"hydra.run.dir={tmp_path / 'eval-other'}", "device=cpu")
+    elsewhere = json.loads((tmp_path / "eval-other" / "metrics.json").read_text())
+    assert elsewhere["dataset"] == str(other) and elsewhere["probe_r2"] != again["probe_r2"]
+    small = collected("small", "env.image_size=16")
+    proc = script("evaluate.py", f"checkpoint={run}", f"dataset={small}", f"hydra.run.dir={tmp_path / 'eval-small'}",
+                  check=False)
+    assert proc.returncode != 0 and "holds 16 px frames, but the encoder was trained on 32 px" in proc.stderr
+
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     steps = 300
