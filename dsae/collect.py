@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from dsae.config import DataConfig
+from dsae.config import EXPLORATION_POLICIES, DataConfig
 from dsae.data import (
     FORMAT_VERSION,
     DatasetError,
@@ -29,8 +29,6 @@ from dsae.data import (
 )
 from dsae.errors import ConfigError
 from envs import TASK_FIELDS, EnvConfig
-
-POLICIES = ("pd", "random")
 
 
 class ExplorationPolicy:
@@ -49,8 +47,8 @@ class ExplorationPolicy:
                  noise: float = 0.2, hold: tuple[int, int] = (4, 12)):
         import mujoco
 
-        if kind not in POLICIES:
-            raise ConfigError(f"data.policy must be one of {POLICIES}, got {kind!r}")
+        if kind not in EXPLORATION_POLICIES:
+            raise ConfigError(f"data.policy must be one of {EXPLORATION_POLICIES}, got {kind!r}")
         scene = env.unwrapped
         model = scene.model
         self.kind, self.ranges = kind, np.asarray(scene.joint_ranges, dtype=np.float64)  # (J, 2)
@@ -130,7 +128,7 @@ class RunPolicy:
 
 def make_policy(env, policy: str):
     """The collector that ``data.policy`` names: ExplorationPolicy (pd, random) or RunPolicy (a run)."""
-    return ExplorationPolicy(env, kind=policy) if policy in POLICIES else RunPolicy(policy, env)
+    return ExplorationPolicy(env, kind=policy) if policy in EXPLORATION_POLICIES else RunPolicy(policy, env)
 
 
 def dataset_settings(env_cfg: EnvConfig, data_cfg: DataConfig) -> dict:
@@ -220,7 +218,8 @@ def collect(env_cfg: EnvConfig, data_cfg: DataConfig, root: Path | str | None = 
     return root
 
 
-def _run_batch(envs, policy: ExplorationPolicy | RunPolicy, indices: list[int], seed: int, objects: list[str]) -> list[dict]:
+def _run_batch(envs, policy: ExplorationPolicy | RunPolicy, indices: list[int], seed: int,
+               objects: list[str]) -> list[dict]:
     """Run one episode per index (a vector env may have more slots than indices)."""
     n = envs.num_envs
     seeds = [seed + i for i in indices] + [seed + indices[-1] + 1 + k for k in range(n - len(indices))]

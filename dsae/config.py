@@ -46,6 +46,7 @@ def default_scene() -> EnvConfig:
 PADDINGS = ("valid", "same")
 NORMS = ("none", "batch", "group")
 DATA_SOURCES = ("collect", "videos", "hdf5")
+EXPLORATION_POLICIES = ("pd", "random")  # data.policy values other than a run folder
 DECODERS = ("gaussian", "fc", "transport")
 
 
@@ -118,7 +119,7 @@ class DataConfig:
         if self.episodes is not None:
             check_at_least(self, "data", 2, "episodes")  # train and held-out
         check_at_least(self, "data", 1, "workers")
-        if self.policy not in ("pd", "random") and not Path(self.policy).is_dir():
+        if self.policy not in EXPLORATION_POLICIES and not Path(self.policy).is_dir():
             raise ConfigError(f"data.policy must be pd, random or the folder of a scripts/train_rl.py obs=state run; "
                               f"got {self.policy!r}, which is neither")
         if not 0 < self.val_fraction < 1:
