@@ -77,12 +77,14 @@ def test_collect_train_evaluate(tmp_path):
 
     # dataset=DIR probes on another dataset of the scene; one of another image size is refused.
     def collected(name: str, *extra: str) -> Path:
-        args = [o for o in tiny_overrides(tmp_path, f"collect-{name}") if not o.startswith(("data.dir=", "env.image_size="))]
+        args = [o for o in tiny_overrides(tmp_path, f"collect-{name}")
+                if not o.startswith(("data.dir=", "env.image_size="))]
         script("collect.py", *args, f"data.dir={tmp_path / name}", *extra)
         return tmp_path / name
 
     other = collected("other", "env.image_size=32", "data.seed=100")
-    script("evaluate.py", f"checkpoint={run}", f"dataset={other}", f"hydra.run.dir={tmp_path / 'eval-other'}", "device=cpu")
+    script("evaluate.py", f"checkpoint={run}", f"dataset={other}", f"hydra.run.dir={tmp_path / 'eval-other'}",
+           "device=cpu")
     elsewhere = json.loads((tmp_path / "eval-other" / "metrics.json").read_text())
     assert elsewhere["dataset"] == str(other) and elsewhere["probe_r2"] != again["probe_r2"]
     small = collected("small", "env.image_size=16")
