@@ -31,7 +31,26 @@ from dsae.errors import ConfigError
 from envs import TASK_FIELDS, EnvConfig
 
 
-class ExplorationPolicy:
+class Collector:
+    """What every collecting policy shares: the env's action bounds, one random stream per env
+    slot seeded per episode by ``reset(seeds)``, and Gaussian noise of ``noise`` half-ranges."""
+
+    def __init__(self, env, noise: float = 0.2):
+        self.low = np.asarray(env.action_space.low, dtype=np.float64)
+        self.high = np.asarray(env.action_space.high, dtype=np.float64)
+        self.half = (self.high - self.low) / 2
+        self.noise = noise
+        self.rngs: list[np.random.Generator] = []
+
+    def reset(self, seeds: list[int]) -> None:
+        self.rngs = [np.random.default_rng([s, 0xD5AE]) for s in seeds]
+
+    def _noise(self) -> np.ndarray:
+        """(N, A): one noise draw per env slot, in action units."""
+        return self.noise * self.half * np.stack([r.standard_normal(len(self.low)) for r in self.rngs])
+
+
+class ExplorationPolicy(Collector):
     """Covers the workspace of any actuated MuJoCo model, from what the model declares.
 
     Each actuator that drives one of the robot's joints steers it towards a random target
@@ -51,19 +70,17 @@ class ExplorationPolicy:
             raise ConfigError(f"data.policy must be one of {EXPLORATION_POLICIES}, got {kind!r}")
         scene = env.unwrapped
         model = scene.model
+        super().__init__(env, noise)
         self.kind, self.ranges = kind, np.asarray(scene.joint_ranges, dtype=np.float64)  # (J, 2)
-        self.low = np.asarray(env.action_space.low, dtype=np.float64)
-        self.high = np.asarray(env.action_space.high, dtype=np.float64)
         robot = {int(j): i for i, j in enumerate(scene.joint_ids)}
         on_joint = model.actuator_trntype == int(mujoco.mjtTrn.mjTRN_JOINT)
         self.joint = np.array([robot.get(int(model.actuator_trnid[a, 0]), -1) if on_joint[a] else -1
                                for a in range(model.nu)])  # (A,): robot joint index, or -1
         self.servo = (model.actuator_biastype == int(mujoco.mjtBias.mjBIAS_AFFINE)) & (model.actuator_biasprm[:, 1] < 0)
-        self.gain, self.damping, self.noise, self.hold = gain, damping, noise, hold
-        self.rngs: list[np.random.Generator] = []
+        self.gain, self.damping, self.hold = gain, damping, hold
 
     def reset(self, seeds: list[int]) -> None:
-        self.rngs = [np.random.default_rng([s, 0xD5AE]) for s in seeds]
+        super().reset(seeds)
         self.targets = np.stack([self._target(r) for r in self.rngs])
         self.timers = np.array([self._hold(r) for r in self.rngs])
 
@@ -88,14 +105,12 @@ class ExplorationPolicy:
         index = np.where(driven, self.joint, 0)
         angle, velocity, target = joint_state[:, index], joint_state[:, j + index], self.targets[:, index]
         error = np.angle(np.exp(1j * (target - angle)))  # wrapped to (-pi, pi]
-        mid, half = (self.high + self.low) / 2, (self.high - self.low) / 2
-        pd = mid + half * (self.gain * error - self.damping * velocity)
-        action = np.where(self.servo, target, pd)
-        action = action + self.noise * half * np.stack([r.standard_normal(len(self.low)) for r in self.rngs])
+        pd = (self.high + self.low) / 2 + self.half * (self.gain * error - self.damping * velocity)
+        action = np.where(self.servo, target, pd) + self._noise()
         return np.clip(np.where(driven, action, uniform), self.low, self.high)
 
 
-class RunPolicy:
+class RunPolicy(Collector):
     """A trained state agent (a ``scripts/train_rl.py obs=state`` run of the same scene) as the
     collector: its deterministic action plus Gaussian noise of ``noise`` half-ranges, so the frames
     show the task being done (the arm reaching and moving the objects), as the paper's autoencoder
@@ -111,18 +126,10 @@ class RunPolicy:
         if self.policy.env_config.name != env.unwrapped.config.name:
             raise ConfigError(f"data.policy={path} was trained on env '{self.policy.env_config.name}', "
                               f"not '{env.unwrapped.config.name}'")
-        self.low = np.asarray(env.action_space.low, dtype=np.float64)
-        self.high = np.asarray(env.action_space.high, dtype=np.float64)
-        self.noise = noise
-        self.rngs: list[np.random.Generator] = []
-
-    def reset(self, seeds: list[int]) -> None:
-        self.rngs = [np.random.default_rng([s, 0xD5AE]) for s in seeds]
+        super().__init__(env, noise)
 
     def __call__(self, joint_state: np.ndarray, obs: np.ndarray) -> np.ndarray:
-        half = (self.high - self.low) / 2
-        action = np.stack([self.policy.act(o) for o in obs])
-        action = action + self.noise * half * np.stack([r.standard_normal(len(self.low)) for r in self.rngs])
+        action = np.stack([self.policy.act(o) for o in obs]) + self._noise()
         return np.clip(action, self.low, self.high)
 
 
@@ -218,7 +225,7 @@ def collect(env_cfg: EnvConfig, data_cfg: DataConfig, root: Path | str | None = 
     return root
 
 
-def _run_batch(envs, policy: ExplorationPolicy | RunPolicy, indices: list[int], seed: int,
+def _run_batch(envs, policy: Collector, indices: list[int], seed: int,
                objects: list[str]) -> list[dict]:
     """Run one episode per index (a vector env may have more slots than indices)."""
     n = envs.num_envs
