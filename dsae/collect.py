@@ -50,71 +50,6 @@ class Collector:
         return self.noise * self.half * np.stack([r.standard_normal(len(self.low)) for r in self.rngs])
 
 
-class ArmKinematics:
-    """Where the robot's effector is for given joint angles, and the joint angles that bring it to
-    a point, on a scratch copy of the scene's model: joint angles (J,) <-> position (3,).
-
-    The effector is the first tracked object (``env.objects``) that the robot's joints move; the
-    others are what it can reach for. Both come from the model, not from per-scene code.
-    """
-
-    def __init__(self, scene, iterations: int = 100, damping: float = 0.05):
-        import mujoco
-
-        model = scene.model
-        self.model, self.data = model, mujoco.MjData(model)
-        self.qpos, self.dof = model.jnt_qposadr[scene.joint_ids], model.jnt_dofadr[scene.joint_ids]
-        self.limited = model.jnt_limited[scene.joint_ids].astype(bool)
-        self.ranges = model.jnt_range[scene.joint_ids]
-        moving = set(int(b) for b in model.jnt_bodyid[scene.joint_ids])  # bodies the robot's joints turn
-        bodies = {o: model.body(b).id for o, b in scene.config.objects.items()}
-        on_robot = [o for o, b in bodies.items() if moving & set(self._chain(b))]
-        if not on_robot or len(on_robot) == len(bodies):
-            raise ConfigError(
-                f"data.policy=reach: scene {scene.config.name!r} needs a tracked object that the robot's joints "
-                f"move (its effector) and one they do not (to reach for); of {sorted(bodies)}, the joints "
-                f"move {sorted(on_robot) or 'none'}")
-        self.effector = bodies[on_robot[0]]
-        self.goals = [o for o in bodies if o not in on_robot]
-        self.iterations, self.damping = iterations, damping
-
-    def _chain(self, body: int) -> list[int]:
-        """The body and its ancestors up to (not including) the world."""
-        chain = []
-        while body > 0:
-            chain.append(body)
-            body = int(self.model.body_parentid[body])
-        return chain
-
-    def position(self, angles: np.ndarray) -> np.ndarray:
-        import mujoco
-
-        self.data.qpos[self.qpos] = angles
-        mujoco.mj_kinematics(self.model, self.data)
-        return self.data.xpos[self.effector].copy()
-
-    def solve(self, angles: np.ndarray, point: np.ndarray, iterations: Optional[int] = None) -> np.ndarray:
-        """Damped least squares from ``angles`` (J,) towards the effector at ``point`` (3,),
-        within the limited joints' ranges; the closest it gets if the point is out of reach."""
-        import mujoco
-
-        q = np.array(angles, dtype=np.float64)
-        jacobian = np.zeros((3, self.model.nv))
-        for _ in range(iterations or self.iterations):
-            error = point - self.position(q)
-            mujoco.mj_comPos(self.model, self.data)
-            mujoco.mj_jacBody(self.model, self.data, jacobian, None, self.effector)
-            jac = jacobian[:, self.dof]  # (3, J)
-            q += jac.T @ np.linalg.solve(jac @ jac.T + self.damping**2 * np.eye(3), error)
-            q = np.where(self.limited, np.clip(q, self.ranges[:, 0], self.ranges[:, 1]), q)
-        return q
-
-
-REACH_FRACTION = 0.5  # data.policy=reach: the share of targets that start a push of an object
-PUSH_REACH = 0.5  # ... from this fraction of the effector's distance before the object to as far beyond
-PUSH_HOLD = 3  # ... over this many holds (a push is slow: a light object on a damped joint moves little under a quick one)
-
-
 class ExplorationPolicy(Collector):
     """Covers the workspace of any actuated MuJoCo model, from what the model declares.
 
@@ -122,13 +57,9 @@ class ExplorationPolicy(Collector):
     within the joint's range, redrawn after a random hold of ``hold`` steps: a motor by PD
     control (torque ``gain * error - damping * velocity`` in units of half its ctrlrange), a
     position servo by commanding the target; Gaussian noise (``noise`` half-ranges) is added.
-    With ``kind="reach"``, half the targets (``REACH_FRACTION``) instead start a push: the joint
-    angles that put the robot's effector before one of the other tracked objects, on its line of
-    approach (``ArmKinematics``), then a straight line through the object to as far beyond it,
-    solved for point by point; so the arm meets, and moves, what it is to act on. Other
-    actuators, and every actuator with ``kind="random"``, act uniformly over their ctrlrange.
-    Each env slot has its own random stream, seeded per episode by ``reset(seeds)``.
-    Batched: joint_state (N, 2J) [, positions {object: (N, 3)}] -> actions (N, A).
+    Other actuators, and every actuator with ``kind="random"``, act uniformly over their
+    ctrlrange. Each env slot has its own random stream, seeded per episode by ``reset(seeds)``.
+    Batched: joint_state (N, 2J) -> actions (N, A).
     """
 
     def __init__(self, env, kind: str = "pd", gain: float = 3.0, damping: float = 0.15,
@@ -141,7 +72,6 @@ class ExplorationPolicy(Collector):
         model = scene.model
         super().__init__(env, noise)
         self.kind, self.ranges = kind, np.asarray(scene.joint_ranges, dtype=np.float64)  # (J, 2)
-        self.arm = ArmKinematics(scene) if kind == "reach" else None
         robot = {int(j): i for i, j in enumerate(scene.joint_ids)}
         on_joint = model.actuator_trntype == int(mujoco.mjtTrn.mjTRN_JOINT)
         self.joint = np.array([robot.get(int(model.actuator_trnid[a, 0]), -1) if on_joint[a] else -1
@@ -151,55 +81,26 @@ class ExplorationPolicy(Collector):
 
     def reset(self, seeds: list[int]) -> None:
         super().reset(seeds)
-        self.targets = np.stack([self._uniform(r) for r in self.rngs])
+        self.targets = np.stack([self._target(r) for r in self.rngs])
         self.timers = np.array([self._hold(r) for r in self.rngs])
-        self.queued: list[Optional[np.ndarray]] = [None] * len(seeds)  # reach: where slot k's push ends
-        self.lines: list[Optional[tuple]] = [None] * len(seeds)  # reach: slot k's push (start, end, steps)
 
-    def _uniform(self, rng: np.random.Generator) -> np.ndarray:
+    def _target(self, rng: np.random.Generator) -> np.ndarray:
         return rng.uniform(self.ranges[:, 0], self.ranges[:, 1])
 
     def _hold(self, rng: np.random.Generator) -> int:
         return int(rng.integers(self.hold[0], self.hold[1], endpoint=True))
 
-    def _redraw(self, k: int, angles: np.ndarray, positions: Optional[dict]) -> None:
-        """Slot k's next joint target and hold, from its current joint angles (J,): uniform in
-        the joints' ranges or, for reach, the approach to a tracked object and then the push
-        through it (a straight line that ``__call__`` follows step by step)."""
-        rng = self.rngs[k]
-        self.lines[k] = None
-        if self.queued[k] is not None:
-            self.timers[k] = PUSH_HOLD * self._hold(rng)
-            self.lines[k] = (self.arm.position(angles), self.queued[k], self.timers[k])
-            self.queued[k] = None
-            return
-        self.targets[k] = self._uniform(rng)
-        if self.arm is not None and rng.random() < REACH_FRACTION:
-            goal = np.asarray(positions[self.arm.goals[rng.integers(len(self.arm.goals))]][k], dtype=np.float64)
-            along = goal - self.arm.position(angles)
-            along[2] = 0.0  # horizontal: the push runs at the object's height
-            self.targets[k] = self.arm.solve(angles, goal - PUSH_REACH * along)
-            self.queued[k] = goal + PUSH_REACH * along
-        self.timers[k] = self._hold(rng) * (1 if self.queued[k] is None else PUSH_HOLD)
-
-    def __call__(self, joint_state: np.ndarray, obs: Optional[np.ndarray] = None,
-                 positions: Optional[dict] = None) -> np.ndarray:
+    def __call__(self, joint_state: np.ndarray, obs: Optional[np.ndarray] = None) -> np.ndarray:
         if len(self.rngs) != joint_state.shape[0]:
             raise RuntimeError(f"policy reset for {len(self.rngs)} envs, called with {joint_state.shape[0]}")
-        if self.arm is not None and positions is None:
-            raise ValueError("data.policy=reach needs the tracked objects' positions (info['positions'])")
         uniform = np.stack([r.uniform(self.low, self.high) for r in self.rngs])
         if self.kind == "random":
             return uniform
-        j = len(self.ranges)
         self.timers -= 1
         for k in np.flatnonzero(self.timers <= 0):
-            self._redraw(k, joint_state[k, :j], positions)
-        for k, line in enumerate(self.lines):
-            if line is not None:  # a push: the next point of its line, solved from where the arm is
-                start, end, steps = line
-                point = start + (1 - (self.timers[k] - 1) / steps) * (end - start)
-                self.targets[k] = self.arm.solve(joint_state[k, :j], point, iterations=20)
+            self.targets[k] = self._target(self.rngs[k])
+            self.timers[k] = self._hold(self.rngs[k])
+        j = len(self.ranges)
         driven = self.joint >= 0
         index = np.where(driven, self.joint, 0)
         angle, velocity, target = joint_state[:, index], joint_state[:, j + index], self.targets[:, index]
@@ -227,13 +128,13 @@ class RunPolicy(Collector):
                               f"not '{env.unwrapped.config.name}'")
         super().__init__(env, noise)
 
-    def __call__(self, joint_state: np.ndarray, obs: np.ndarray, positions: Optional[dict] = None) -> np.ndarray:
+    def __call__(self, joint_state: np.ndarray, obs: np.ndarray) -> np.ndarray:
         action = np.stack([self.policy.act(o) for o in obs]) + self._noise()
         return np.clip(action, self.low, self.high)
 
 
 def make_policy(env, policy: str):
-    """The collector that ``data.policy`` names: ExplorationPolicy (pd, reach, random) or RunPolicy (a run)."""
+    """The collector that ``data.policy`` names: ExplorationPolicy (pd, random) or RunPolicy (a run)."""
     return ExplorationPolicy(env, kind=policy) if policy in EXPLORATION_POLICIES else RunPolicy(policy, env)
 
 
@@ -336,7 +237,7 @@ def _run_batch(envs, policy: Collector, indices: list[int], seed: int,
     px = {o: [info["pixels"][o]] for o in objects}
     matrix = info["camera_matrix"][0]
     while True:
-        action = policy(info["joint_state"], obs, info["positions"])
+        action = policy(info["joint_state"], obs)
         obs, _, terminated, truncated, info = envs.step(action.astype(np.float32))
         if terminated.any():
             raise RuntimeError("an env terminated before its time limit; collection expects fixed-length episodes")

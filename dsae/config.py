@@ -46,7 +46,7 @@ def default_scene() -> EnvConfig:
 PADDINGS = ("valid", "same")
 NORMS = ("none", "batch", "group")
 DATA_SOURCES = ("collect", "videos", "hdf5")
-EXPLORATION_POLICIES = ("pd", "reach", "random")  # data.policy values other than a run folder
+EXPLORATION_POLICIES = ("pd", "random")  # data.policy values other than a run folder
 DECODERS = ("gaussian", "fc", "transport")
 
 
@@ -101,7 +101,7 @@ class DataConfig:
     episodes: Optional[int] = 400  # exactly this many episodes are used (collected when fewer); None: all (imports only)
     workers: int = 2  # collect: parallel env processes (gymnasium AsyncVectorEnv); 1 = in-process
     seed: int = 0  # collect: episode i starts from seed + i
-    policy: str = "pd"  # collect: pd (PD control to random joint targets), reach (pd, with half the targets putting the effector on another tracked object), random (uniform actions), or a scripts/train_rl.py obs=state run of the scene (its agent acts, with noise)
+    policy: str = "pd"  # collect: pd (PD control to random joint targets), random (uniform actions), or a scripts/train_rl.py obs=state run of the scene (its agent acts, with noise)
     val_fraction: float = 0.1  # the last episodes, held out for evaluation
     in_memory: Optional[bool] = None  # frames read into memory; false: memory-mapped, read as needed; None: when they fit in half the free memory
     crop: bool = True  # videos, hdf5: centre-crop frames to a square before resizing (false: stretch them)
@@ -120,7 +120,7 @@ class DataConfig:
             check_at_least(self, "data", 2, "episodes")  # train and held-out
         check_at_least(self, "data", 1, "workers")
         if self.policy not in EXPLORATION_POLICIES and not Path(self.policy).is_dir():
-            raise ConfigError(f"data.policy must be pd, reach, random or the folder of a scripts/train_rl.py obs=state run; "
+            raise ConfigError(f"data.policy must be pd, random or the folder of a scripts/train_rl.py obs=state run; "
                               f"got {self.policy!r}, which is neither")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")

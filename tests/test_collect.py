@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dsae.collect import PUSH_REACH, ArmKinematics, ExplorationPolicy, collect, default_dataset_dir
+from dsae.collect import ExplorationPolicy, collect, default_dataset_dir
 from dsae.config import DataConfig
 from dsae.data import MANIFEST, DatasetError, load_dataset
 from envs import EnvConfig, make_env
@@ -52,70 +52,8 @@ def test_random_policy_stays_in_bounds():
     assert a.shape == (3, 7) and (np.abs(a) <= 2).all()
     with pytest.raises(ValueError, match="data.policy"):
         ExplorationPolicy(make_env("reacher", image_size=16), kind="brownian")
-    with pytest.raises(ValueError, match="data.policy must be pd, reach, random or the folder of a scripts/train_rl.py"):
+    with pytest.raises(ValueError, match="data.policy must be pd, random or the folder of a scripts/train_rl.py"):
         DataConfig(policy="brownian")
-
-
-def test_arm_kinematics_finds_the_effector_and_reaches_a_point():
-    """The effector is the tracked body that the robot's joints move; the rest are reached for."""
-    env = make_env("push_block", image_size=16)
-    _, info = env.reset(seed=0)
-    arm = ArmKinematics(env)
-    assert env.model.body(arm.effector).name == "fingertip" and arm.goals == ["block", "target"]
-    angles = info["joint_state"][:2]
-    np.testing.assert_allclose(arm.position(angles), info["positions"]["fingertip"], atol=1e-9)
-    point = np.r_[info["positions"]["block"][:2], info["positions"]["fingertip"][2]]  # the planar arm's height
-    np.testing.assert_allclose(arm.position(arm.solve(angles, point)), point, atol=1e-4)
-
-
-def test_reach_is_refused_without_an_effector(tmp_path):
-    (tmp_path / "servo.xml").write_text(SERVO_XML)
-    env = make_env(EnvConfig(name="servo", xml=str(tmp_path / "servo.xml"), objects={"arm": "world"},
-                             joints=["hinge"]))
-    with pytest.raises(ValueError, match="data.policy=reach: scene 'servo' needs a tracked object that the robot"):
-        ExplorationPolicy(env, kind="reach")
-
-
-def test_reach_approaches_an_object_then_pushes_through_it_in_a_line():
-    """A reach target puts the effector before an object, on the line from the effector through it;
-    the push that follows steers along that line to as far beyond the object."""
-    env = make_env("push_block", image_size=16)
-    policy = ExplorationPolicy(env, kind="reach", noise=0.0)
-    _, info = env.reset(seed=0)
-    positions = {o: p[None] for o, p in info["positions"].items()}
-    policy.reset([0])
-    state, tip = info["joint_state"][None], info["positions"]["fingertip"]
-    while policy.queued[0] is None:  # redraw until a reach comes up
-        policy.timers[:] = 1
-        policy(state, None, positions)
-    end = policy.queued[0]  # = goal + PUSH_REACH * (goal - tip), horizontally
-    goal = (end + PUSH_REACH * tip) / (1 + PUSH_REACH)
-    assert any(np.allclose(goal[:2], info["positions"][o][:2]) for o in ("block", "target"))
-    before = policy.arm.position(policy.targets[0])
-    np.testing.assert_allclose(before[:2], (goal - PUSH_REACH * (goal - tip))[:2], atol=2e-3)
-    policy.timers[:] = 1
-    policy(state, None, positions)  # the push starts from where the effector is
-    start, stop, steps = policy.lines[0]
-    np.testing.assert_allclose(start, tip)
-    np.testing.assert_allclose(stop, end)
-    assert policy.timers[0] == steps - 1 or policy.timers[0] == steps
-    for _ in range(steps - 1):
-        policy(np.c_[policy.targets, np.zeros_like(policy.targets)], None, positions)  # the arm keeps up
-        reached = policy.arm.position(policy.targets[0])
-        done = 1 - (policy.timers[0] - 1) / steps
-        if done < 1 / (1 + PUSH_REACH):  # up to the object (beyond it, the line may leave the arm's reach)
-            np.testing.assert_allclose(reached[:2], (start + done * (stop - start))[:2], atol=2e-3)
-    with pytest.raises(ValueError, match="needs the tracked objects' positions"):
-        policy(state)
-
-
-def test_a_reach_dataset_collects_end_to_end(tmp_path):
-    cfg = tiny_config(tmp_path)
-    cfg.data.policy, cfg.data.episodes = "reach", 2
-    root = collect(cfg.env, cfg.data, progress=False)
-    data = load_dataset(root)
-    assert json.loads((root / MANIFEST).read_text())["settings"]["policy"] == "reach"
-    assert data.num_episodes == 2 and len(data.frames) == 2 * (cfg.env.max_episode_steps + 1)
 
 
 def test_dataset_does_not_depend_on_worker_count(tiny_dataset, tmp_path):
