@@ -44,6 +44,7 @@ def default_scene() -> EnvConfig:
 
 
 PADDINGS = ("valid", "same")
+KEYPOINT_FRAMES = ("image", "grid")
 NORMS = ("none", "batch", "group")
 DATA_SOURCES = ("collect", "videos", "hdf5")
 EXPLORATION_POLICIES = ("pd", "random")  # data.policy values other than a run folder
@@ -61,6 +62,7 @@ class ModelConfig:
     norm: str = "batch"  # none (paper), batch or group, after each conv
     num_keypoints: int = 16  # K
     project: Optional[bool] = None  # a 1x1 conv from channels[-1] to K; None: only when they differ
+    keypoint_frame: str = "image"  # image: a keypoint sits where its feature-map cell looks in the image (its receptive field's centre); grid: the feature grid stretched over the whole image (checkpoints before 2026-11-24)
     temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
     learn_temperature: bool = True  # learn the temperature (paper) or keep it fixed
     recon_size: int = 32  # side of the grayscale reconstruction target
@@ -78,6 +80,7 @@ class ModelConfig:
         if not (len(self.channels) == len(self.kernels) == len(self.strides)) or not self.channels:
             raise ConfigError("model.channels, model.kernels and model.strides must be non-empty and of equal length")
         check_choice(self.padding, "model.padding", PADDINGS)
+        check_choice(self.keypoint_frame, "model.keypoint_frame", KEYPOINT_FRAMES)
         check_choice(self.norm, "model.norm", NORMS)
         check_choice(self.decoder, "model.decoder", DECODERS)
         check_at_least(self, "model", 1, "num_keypoints", "recon_size", "decoder_channels", "decoder_kernel")

@@ -52,8 +52,26 @@ def _norm(kind: str, channels: int) -> nn.Module:
     raise ConfigError(f"model.norm must be one of {NORMS}, got {kind!r}")
 
 
+def receptive_field_centres(kernels: list[int], strides: list[int], padding: str) -> tuple[float, float]:
+    """(a, b): cell i of the last feature map sees, at the centre of its receptive field, the
+    input pixel a * i + b (0 = the first pixel's centre), for a stack of convs of these kernels
+    and strides; the same along rows and columns."""
+    a, b = 1.0, 0.0
+    for k, s in zip(reversed(kernels), reversed(strides)):
+        pad = 0 if padding == "valid" else k // 2
+        a, b = s * a, s * b + (k - 1) / 2 - pad
+    return a, b
+
+
 class SpatialEncoder(nn.Module):
-    """Conv stack ending in spatial soft-argmax: float (B, 3, H, W) -> keypoints (B, K, 2)."""
+    """Conv stack ending in spatial soft-argmax: float (B, 3, H, W) -> keypoints (B, K, 2).
+
+    With ``keypoint_frame="image"`` each keypoint is placed where, in the image, its expected
+    feature-map cell looks: the centre of that cell's receptive field (``receptive_field_centres``).
+    The default encoder's 21x21 maps see image pixels 11 to 51 of 64, so with ``"grid"`` (the
+    feature grid stretched over the whole image, as before this option) a keypoint that follows
+    an object moves 1.6 times as far as the object does, and lands beside it.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -69,11 +87,26 @@ class SpatialEncoder(nn.Module):
         self.features = nn.Sequential(*layers)
         self.softmax_channels = cfg.num_keypoints
         self.softmax = SpatialSoftmax(cfg.temperature, cfg.learn_temperature)
+        self.centres = receptive_field_centres(cfg.kernels, cfg.strides, cfg.padding) if cfg.keypoint_frame == "image" else None
 
     def forward(self, images: torch.Tensor, **outputs):
         """Keypoints; with ``return_attention``/``return_presence``/... (see SpatialSoftmax) a
-        SoftArgmaxResult."""
-        return self.softmax(self.features(to_float_images(images)), **outputs)
+        SoftArgmaxResult (its covariance in the keypoints' frame, its attention on the feature grid)."""
+        x = to_float_images(images)
+        features = self.features(x)
+        result = self.softmax(features, **outputs)
+        if self.centres is None:
+            return result
+        # Normalised over the feature grid -> normalised over the image, per axis (x, y): an affine map.
+        a, b = self.centres
+        grid = x.new_tensor([features.shape[-1] - 1, features.shape[-2] - 1])
+        image = x.new_tensor([x.shape[-1] - 1, x.shape[-2] - 1])
+        scale = a * grid / image
+        shift = (a * grid / 2 + b) * 2 / image - 1
+        if isinstance(result, torch.Tensor):
+            return result * scale + shift
+        covariance = None if result.covariance is None else result.covariance * scale[:, None] * scale[None, :]
+        return result._replace(keypoints=result.keypoints * scale + shift, covariance=covariance)
 
 
 class FCDecoder(nn.Module):

@@ -60,6 +60,19 @@ def test_load_encoder_round_trip(tmp_path):
         encoder(torch.zeros(1, 48, 48, 3, dtype=torch.uint8))
 
 
+def test_a_checkpoint_from_before_keypoint_frame_keeps_its_keypoints(tmp_path):
+    """Saved without model.keypoint_frame, a model was trained in the grid frame, and loads in it."""
+    cfg = tiny_config(tmp_path)
+    cfg.model.keypoint_frame = "grid"
+    model = dsae.DeepSpatialAutoencoder(cfg.model, 32).eval()
+    old = to_dict(cfg)
+    del old["model"]["keypoint_frame"]
+    save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "config": old, "image_size": 32, "step": 0})
+    images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    torch.testing.assert_close(dsae.load_encoder(tmp_path / "old.pt", device="cpu")(images), model.encoder(images))
+    assert load_checkpoint(tmp_path / "old.pt")["config"]["model"]["keypoint_frame"] == "grid"
+
+
 def test_a_resumed_run_keeps_its_budget_unless_the_command_names_one():
     from dsae.checkpoint import resumed_config
     from dsae.errors import ConfigError

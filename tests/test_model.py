@@ -6,10 +6,13 @@ import torch
 from dsae.config import ModelConfig
 from dsae.model import (
     DeepSpatialAutoencoder,
+    SpatialEncoder,
     gaussian_maps,
     gray_target,
+    receptive_field_centres,
     to_float_images,
 )
+from dsae.spatial_softmax import to_pixels
 
 
 def test_paper_shapes_240px():
@@ -18,6 +21,54 @@ def test_paper_shapes_240px():
     assert model.feature_size == (109, 109)
     kp, recon = model(torch.zeros(2, 240, 240, 3, dtype=torch.uint8))
     assert kp.shape == (2, 16, 2) and recon.shape == (2, 60, 60)
+
+
+def _dot_tracker(padding: str, frame: str, kernels=(7, 5, 5), strides=(2, 1, 1)) -> SpatialEncoder:
+    """One keypoint whose convs pass the centre pixel of each window through unchanged: its
+    feature map lights up only at the cell whose receptive field is centred on a bright dot."""
+    cfg = ModelConfig(channels=[1] * len(kernels), kernels=list(kernels), strides=list(strides), padding=padding,
+                      norm="none", num_keypoints=1, temperature=1e-3, learn_temperature=False, keypoint_frame=frame)
+    encoder = SpatialEncoder(cfg)
+    with torch.no_grad():
+        for conv in (m for m in encoder.features if isinstance(m, torch.nn.Conv2d)):
+            k = conv.kernel_size[0]
+            conv.weight.zero_()
+            conv.weight[0, :, k // 2, k // 2] = 1.0
+            conv.bias.zero_()
+    return encoder
+
+
+@pytest.mark.parametrize("padding, size", [("valid", 64), ("same", 64), ("valid", 63)])
+def test_a_keypoint_sits_on_the_pixel_its_cell_looks_at(padding, size):
+    """keypoint_frame=image: the keypoint lands on the dot itself, wherever it is in the image."""
+    a, b = receptive_field_centres([7, 5, 5], [2, 1, 1], padding)
+    assert (a, b) == ((2.0, 11.0) if padding == "valid" else (2.0, 0.0))
+    encoder = _dot_tracker(padding, "image")
+    for row, col in [(3, 5), (17, 2), (9, 14)]:  # feature cells (i, j) -> the pixels they look at
+        image = torch.zeros(1, 3, size, size)
+        image[0, :, int(a * row + b), int(a * col + b)] = 1.0
+        pixel = to_pixels(encoder(image), size, size)[0, 0]
+        torch.testing.assert_close(pixel, torch.tensor([a * col + b, a * row + b]), atol=1e-4, rtol=0)
+
+
+def test_the_grid_frame_stretches_the_feature_grid_over_the_image():
+    """keypoint_frame=grid (checkpoints made before the option): cell j of n sits at x = 2j/(n-1) - 1,
+    so the dot at pixel 2*5+11 = 21 of 64 is reported at pixel 5/20 * 63 = 15.75."""
+    image = torch.zeros(1, 3, 64, 64)
+    image[0, :, 21, 21] = 1.0
+    keypoint = _dot_tracker("valid", "grid")(image)[0, 0]
+    torch.testing.assert_close(keypoint, torch.tensor([0.5 - 1, 0.5 - 1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(to_pixels(keypoint, 64, 64), torch.tensor([15.75, 15.75]), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="model.keypoint_frame"):
+        ModelConfig(keypoint_frame="feature")
+
+
+def test_covariance_follows_the_keypoints_frame():
+    encoder = _dot_tracker("valid", "image")
+    image = torch.rand(2, 3, 64, 64)
+    grid = _dot_tracker("valid", "grid")(image, return_covariance=True).covariance
+    ours = encoder(image, return_covariance=True).covariance
+    torch.testing.assert_close(ours, grid * (2 * 20 / 63) ** 2)  # a cell step is 2 px of 63, not 63/20
 
 
 def test_image_conversion():
