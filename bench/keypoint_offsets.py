@@ -5,7 +5,10 @@
 For each ``scripts/train.py`` run folder and each labelled object, on the run's held-out episodes:
 the best keypoint (``keypoint_index`` of its ``metrics.json``), its mean distance to the object,
 its mean offset (keypoint minus object, pixels) and the offset's spread (std per axis), and the
-mean over frames of the distance from the object to the nearest of *any* keypoint. A best
+mean over frames of the distance from the object to the nearest of *any* keypoint, and the best
+keypoint's gain: the slope of its position on the object's, per axis (1 when it moves exactly as
+far as the object; a keypoint of a model in ``model.keypoint_frame=grid`` that follows an object
+moves about 1.6 times as far at the default's 21x21 feature maps). A best
 keypoint whose offset averages near zero but spreads wide follows a point beside the object that
 turns around it; a small nearest-of-any distance beside a large best-single error means the
 keypoints do cover the object but hand it from one to another. Prints a Markdown table; ``--out``
@@ -47,9 +50,14 @@ def offsets(run: Path) -> dict[str, dict]:
         obj = dataset.pixels[name][rows]  # (N, 2)
         index = metrics["keypoint_index"][name]
         offset = kp[:, index] - obj
+        # Gain: the least-squares slope of the keypoint's position on the object's, per axis
+        # (1: it moves as far as the object; None where the object does not move).
+        spread = ((obj - obj.mean(0)) ** 2).sum(0)
+        gain = [float(((kp[:, index, a] - kp[:, index, a].mean()) * (obj[:, a] - obj[:, a].mean())).sum() / spread[a])
+                if spread[a] > 1e-9 else None for a in (0, 1)]
         out[name] = {"keypoint_index": index, "best_err_px": float(np.linalg.norm(offset, axis=1).mean()),
                      "mean_offset_px": offset.mean(0).tolist(), "offset_std_px": offset.std(0).tolist(),
-                     "nearest_any_px": float(np.linalg.norm(kp - obj[:, None], axis=-1).min(1).mean())}
+                     "gain": gain, "nearest_any_px": float(np.linalg.norm(kp - obj[:, None], axis=-1).min(1).mean())}
     return out
 
 
@@ -62,13 +70,14 @@ def main() -> None:
         if not (run / "metrics.json").exists():
             parser.error(f"{run} is not a finished scripts/train.py run (no metrics.json)")
     result = {str(run): offsets(run) for run in args.runs}
-    print("| run | object | best keypoint | its error | mean offset | offset std | nearest of any |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| run | object | best keypoint | its error | mean offset | offset std | gain | nearest of any |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for run, objects in result.items():
         for name, f in objects.items():
+            gain = ", ".join("—" if g is None else f"{g:.2f}" for g in f["gain"])
             print(f"| {Path(run).parent.name}/{Path(run).name} | {name} | {f['keypoint_index']} | {f['best_err_px']:.1f} px | "
                   f"({f['mean_offset_px'][0]:.1f}, {f['mean_offset_px'][1]:.1f}) px | "
-                  f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | {f['nearest_any_px']:.1f} px |")
+                  f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | ({gain}) | {f['nearest_any_px']:.1f} px |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

@@ -43,7 +43,7 @@ def default_scene() -> EnvConfig:
     return load_scene("reacher")
 
 
-PADDINGS = ("valid", "same")
+PADDINGS = ("valid", "same", "replicate")
 KEYPOINT_FRAMES = ("image", "grid")
 NORMS = ("none", "batch", "group")
 DATA_SOURCES = ("collect", "videos", "hdf5")
@@ -58,11 +58,11 @@ class ModelConfig:
     channels: list[int] = field(default_factory=lambda: [64, 32, 16])  # conv widths of the encoder
     kernels: list[int] = field(default_factory=lambda: [7, 5, 5])  # conv kernel sizes
     strides: list[int] = field(default_factory=lambda: [2, 1, 1])  # conv strides
-    padding: str = "valid"  # valid (paper) or same
+    padding: str = "valid"  # valid (paper), same (zero-padded to keep each map's size) or replicate (the same, borders repeated)
     norm: str = "batch"  # none (paper), batch or group, after each conv
     num_keypoints: int = 16  # K
     project: Optional[bool] = None  # a 1x1 conv from channels[-1] to K; None: only when they differ
-    keypoint_frame: str = "image"  # image: a keypoint sits where its feature-map cell looks in the image (its receptive field's centre); grid: the feature grid stretched over the whole image (checkpoints before 2026-11-24)
+    keypoint_frame: str = "grid"  # grid: the feature grid stretched over the whole image (the paper's, and every model before this option); image: a keypoint sits on the pixel its feature-map cell looks at (its receptive field's centre)
     temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
     learn_temperature: bool = True  # learn the temperature (paper) or keep it fixed
     recon_size: int = 32  # side of the grayscale reconstruction target

@@ -66,11 +66,12 @@ def receptive_field_centres(kernels: list[int], strides: list[int], padding: str
 class SpatialEncoder(nn.Module):
     """Conv stack ending in spatial soft-argmax: float (B, 3, H, W) -> keypoints (B, K, 2).
 
-    With ``keypoint_frame="image"`` each keypoint is placed where, in the image, its expected
-    feature-map cell looks: the centre of that cell's receptive field (``receptive_field_centres``).
-    The default encoder's 21x21 maps see image pixels 11 to 51 of 64, so with ``"grid"`` (the
-    feature grid stretched over the whole image, as before this option) a keypoint that follows
-    an object moves 1.6 times as far as the object does, and lands beside it.
+    With ``keypoint_frame="grid"`` (the default) the feature grid is stretched over the whole
+    image. The default encoder's 21x21 maps see image pixels 11 to 51 of 64, so there a keypoint
+    that follows an object moves 1.6 times as far as the object does, and lands beside it. With
+    ``"image"`` each keypoint is placed where, in the image, its expected feature-map cell looks:
+    the centre of that cell's receptive field (``receptive_field_centres``); with valid padding
+    that leaves a border the keypoints cannot reach (11 px of 64 on each side).
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -80,7 +81,9 @@ class SpatialEncoder(nn.Module):
         in_ch = 3
         for out_ch, k, s in zip(cfg.channels, cfg.kernels, cfg.strides):
             pad = 0 if cfg.padding == "valid" else k // 2
-            layers += [nn.Conv2d(in_ch, out_ch, k, stride=s, padding=pad), _norm(cfg.norm, out_ch), nn.ReLU(inplace=True)]
+            mode = "replicate" if cfg.padding == "replicate" else "zeros"
+            layers += [nn.Conv2d(in_ch, out_ch, k, stride=s, padding=pad, padding_mode=mode), _norm(cfg.norm, out_ch),
+                       nn.ReLU(inplace=True)]
             in_ch = out_ch
         if project:
             layers.append(nn.Conv2d(in_ch, cfg.num_keypoints, 1))

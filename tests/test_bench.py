@@ -141,6 +141,23 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
     for name in ("fingertip", "target"):
         assert figures[name]["best_err_px"] == pytest.approx(metrics["keypoint_err_px"][name], rel=1e-4)
         assert figures[name]["nearest_any_px"] <= figures[name]["best_err_px"]
+        assert all(isinstance(g, float) for g in figures[name]["gain"])  # both objects move over the episodes
+
+
+def test_dataset_motion_diagnostic(tiny_dataset, tmp_path):
+    """Reacher's target is placed anew each episode but never moves within one."""
+    _, root = tiny_dataset
+    run("dataset_motion.py", str(root), "--view", "0", "31", "--out", str(tmp_path / "motion.json"))
+    figures = json.loads((tmp_path / "motion.json").read_text())[str(root)]
+    target = figures["target"]
+    assert target["episodes"] == 8 and target["moved_share"] == 0.0 and target["travel_m"] == 0.0
+    assert 0.0 <= target["near_share"] <= 1.0
+    assert target["out_of_view_share"] == 0.0 and figures["fingertip"]["out_of_view_share"] == 0.0  # 32 px: all in view
+    run("dataset_motion.py", str(root), "--view", "16", "16", "--out", str(tmp_path / "motion.json"))
+    assert json.loads((tmp_path / "motion.json").read_text())[str(root)]["target"]["out_of_view_share"] == 1.0
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "dataset_motion.py"), str(root), "--effector", "hand"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "no object 'hand'" in proc.stderr
 
 
 def test_large_recording_benchmark(tmp_path):

@@ -38,7 +38,7 @@ def _dot_tracker(padding: str, frame: str, kernels=(7, 5, 5), strides=(2, 1, 1))
     return encoder
 
 
-@pytest.mark.parametrize("padding, size", [("valid", 64), ("same", 64), ("valid", 63)])
+@pytest.mark.parametrize("padding, size", [("valid", 64), ("same", 64), ("replicate", 64), ("valid", 63)])
 def test_a_keypoint_sits_on_the_pixel_its_cell_looks_at(padding, size):
     """keypoint_frame=image: the keypoint lands on the dot itself, wherever it is in the image."""
     a, b = receptive_field_centres([7, 5, 5], [2, 1, 1], padding)
