@@ -44,7 +44,7 @@ def default_scene() -> EnvConfig:
 
 
 PADDINGS = ("valid", "same", "replicate")
-KEYPOINT_FRAMES = ("image", "grid")
+KEYPOINT_FRAMES = ("grid", "image")
 NORMS = ("none", "batch", "group")
 DATA_SOURCES = ("collect", "videos", "hdf5")
 EXPLORATION_POLICIES = ("pd", "random")  # data.policy values other than a run folder

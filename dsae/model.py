@@ -68,7 +68,7 @@ class SpatialEncoder(nn.Module):
 
     With ``keypoint_frame="grid"`` (the default) the feature grid is stretched over the whole
     image. The default encoder's 21x21 maps see image pixels 11 to 51 of 64, so there a keypoint
-    that follows an object moves 1.6 times as far as the object does, and lands beside it. With
+    with a sharp softmax that follows an object moves 1.6 times as far as the object does. With
     ``"image"`` each keypoint is placed where, in the image, its expected feature-map cell looks:
     the centre of that cell's receptive field (``receptive_field_centres``); with valid padding
     that leaves a border the keypoints cannot reach (11 px of 64 on each side).
