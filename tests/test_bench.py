@@ -141,7 +141,8 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
     for name in ("fingertip", "target"):
         assert figures[name]["best_err_px"] == pytest.approx(metrics["keypoint_err_px"][name], rel=1e-4)
         assert figures[name]["nearest_any_px"] <= figures[name]["best_err_px"]
-        assert all(isinstance(g, float) for g in figures[name]["gain"])  # both objects move over the episodes
+    # Gain: a slope where the object moves; none for the target, still in the one held-out episode.
+    assert all(isinstance(g, float) for g in figures["fingertip"]["gain"]) and figures["target"]["gain"] == [None, None]
 
 
 def test_dataset_motion_diagnostic(tiny_dataset, tmp_path):
