@@ -123,7 +123,8 @@ class DataConfig:
             check_at_least(self, "data", 2, "episodes")  # train and held-out
         check_at_least(self, "data", 1, "workers")
         if self.policy not in EXPLORATION_POLICIES and not Path(self.policy).is_dir():
-            raise ConfigError(f"data.policy must be pd, random or the folder of a scripts/train_rl.py obs=state run; "
+            raise ConfigError(f"data.policy must be {', '.join(EXPLORATION_POLICIES)} or the folder of a "
+                              "scripts/train_rl.py obs=state run; "
                               f"got {self.policy!r}, which is neither")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")

@@ -52,14 +52,18 @@ def _norm(kind: str, channels: int) -> nn.Module:
     raise ConfigError(f"model.norm must be one of {NORMS}, got {kind!r}")
 
 
+def conv_padding(padding: str, kernel: int) -> int:
+    """The zero (or replicated) border each side that ``model.padding`` gives a conv of this kernel."""
+    return 0 if padding == "valid" else kernel // 2
+
+
 def receptive_field_centres(kernels: list[int], strides: list[int], padding: str) -> tuple[float, float]:
     """(a, b): cell i of the last feature map sees, at the centre of its receptive field, the
     input pixel a * i + b (0 = the first pixel's centre), for a stack of convs of these kernels
     and strides; the same along rows and columns."""
     a, b = 1.0, 0.0
     for k, s in zip(reversed(kernels), reversed(strides)):
-        pad = 0 if padding == "valid" else k // 2
-        a, b = s * a, s * b + (k - 1) / 2 - pad
+        a, b = s * a, s * b + (k - 1) / 2 - conv_padding(padding, k)
     return a, b
 
 
@@ -80,10 +84,9 @@ class SpatialEncoder(nn.Module):
         layers: list[nn.Module] = []
         in_ch = 3
         for out_ch, k, s in zip(cfg.channels, cfg.kernels, cfg.strides):
-            pad = 0 if cfg.padding == "valid" else k // 2
             mode = "replicate" if cfg.padding == "replicate" else "zeros"
-            layers += [nn.Conv2d(in_ch, out_ch, k, stride=s, padding=pad, padding_mode=mode), _norm(cfg.norm, out_ch),
-                       nn.ReLU(inplace=True)]
+            conv = nn.Conv2d(in_ch, out_ch, k, stride=s, padding=conv_padding(cfg.padding, k), padding_mode=mode)
+            layers += [conv, _norm(cfg.norm, out_ch), nn.ReLU(inplace=True)]
             in_ch = out_ch
         if project:
             layers.append(nn.Conv2d(in_ch, cfg.num_keypoints, 1))
