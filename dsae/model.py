@@ -231,7 +231,7 @@ class DeepSpatialAutoencoder(nn.Module):
         self.decoder = make_decoder(cfg)
         size = image_size
         for k, s in zip(cfg.kernels, cfg.strides):
-            size = (size - (k if cfg.padding == "valid" else 1)) // s + 1
+            size = (size + 2 * conv_padding(cfg.padding, k) - k) // s + 1
         if size < 2:
             raise ConfigError(f"image_size={image_size} is too small for this encoder (its feature maps would be {size}x{size})")
         self.feature_size = (size, size)

@@ -23,6 +23,16 @@ def test_paper_shapes_240px():
     assert kp.shape == (2, 16, 2) and recon.shape == (2, 60, 60)
 
 
+@pytest.mark.parametrize("padding", ["valid", "same", "replicate"])
+@pytest.mark.parametrize("kernels, strides", [([7, 5, 5], [2, 1, 1]), ([4, 3], [2, 2]), ([6], [1])])
+def test_feature_size_is_the_size_of_the_maps_the_encoder_makes(padding, kernels, strides):
+    """Odd and even kernels, strides 1 and 2: the size the model states is the size the convs give."""
+    cfg = ModelConfig(channels=[4] * len(kernels), kernels=kernels, strides=strides, padding=padding)
+    model = DeepSpatialAutoencoder(cfg, 33)
+    maps = model.encoder.features(torch.zeros(1, 3, 33, 33))
+    assert model.feature_size == tuple(maps.shape[-2:])
+
+
 def _dot_tracker(padding: str, frame: str, kernels=(7, 5, 5), strides=(2, 1, 1)) -> SpatialEncoder:
     """One keypoint whose convs pass the centre pixel of each window through unchanged: its
     feature map lights up only at the cell whose receptive field is centred on a bright dot."""
