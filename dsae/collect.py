@@ -10,6 +10,7 @@ number of workers or on where it was interrupted.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
@@ -138,11 +139,17 @@ def make_policy(env, policy: str):
     return ExplorationPolicy(env, kind=policy) if policy in EXPLORATION_POLICIES else RunPolicy(policy, env)
 
 
+def _policy_name(policy: str) -> str:
+    """An exploration's name, or a run folder spelt one way (relative to the working directory)
+    however it was given, so that one run's dataset has one folder."""
+    return policy if policy in EXPLORATION_POLICIES else os.path.relpath(Path(policy).resolve())
+
+
 def dataset_settings(env_cfg: EnvConfig, data_cfg: DataConfig) -> dict:
     """The settings that determine a dataset's content (not where it lives or how fast)."""
     return {
         "env": {k: v for k, v in asdict(env_cfg).items() if k not in TASK_FIELDS},
-        "policy": data_cfg.policy,
+        "policy": _policy_name(data_cfg.policy),
         "seed": data_cfg.seed,
         "episodes": data_cfg.episodes,
         "format": FORMAT_VERSION,

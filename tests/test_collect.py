@@ -1,6 +1,7 @@
 """Collection: the exploratory policy, determinism across worker counts, and resume."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -107,4 +108,8 @@ def test_default_folder_follows_settings(tmp_path):
     b.data.episodes, b.data.workers = 99, 7  # count and speed do not change the content
     assert default_dataset_dir(a.env, a.data) == default_dataset_dir(b.env, b.data)
     b.env.goal_radius, b.env.reward_weights = 0.5, {"reward_control_weight": 0.0}  # nor what the task scores
+    assert default_dataset_dir(a.env, a.data) == default_dataset_dir(b.env, b.data)
+    run = tmp_path / "expert"
+    run.mkdir()
+    a.data.policy, b.data.policy = str(run), os.path.relpath(run)  # one run folder, spelt two ways
     assert default_dataset_dir(a.env, a.data) == default_dataset_dir(b.env, b.data)
