@@ -65,7 +65,8 @@ class ModelConfig:
     keypoint_frame: str = "grid"  # grid: the feature grid stretched over the whole image (the paper's, and every model before this option); image: a keypoint sits on the pixel its feature-map cell looks at (its receptive field's centre)
     temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
     learn_temperature: bool = True  # learn the temperature (paper) or keep it fixed
-    recon_size: int = 32  # side of the grayscale reconstruction target
+    recon_size: int = 32  # side of the reconstruction target
+    recon_color: bool = False  # reconstruct the frame in colour (3 channels) rather than in grayscale (paper)
     decoder: str = "gaussian"  # gaussian (keypoints drawn as maps, then convs), transport (the frame seen through a window at each keypoint) or fc (the paper's)
     decoder_hidden: list[int] = field(default_factory=lambda: [512])  # fc: hidden widths; [] = the paper's linear layer
     decoder_channels: int = 32  # gaussian, transport: width of its conv layers

@@ -116,18 +116,24 @@ def heatmap_grid(attention: np.ndarray | torch.Tensor, ncols: int, cell: int, pa
     return out
 
 
-def gray_image(image: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
-    """A grayscale image (h, w) in [0, 1] -> uint8 (size, size, 3), nearest-neighbour resized."""
-    x = torch.as_tensor(image).detach().float().cpu().clamp(0, 1)[None, None]
-    x = F.interpolate(x, size=(size, size), mode="nearest")[0, 0].numpy()
-    return np.repeat((x * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+def _rgb(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Grayscale (B, h, w) or colour (B, 3, h, w) images in [0, 1] -> float (B, 3, size, size),
+    nearest-neighbour resized."""
+    x = torch.as_tensor(images).detach().float().cpu().clamp(0, 1)
+    x = x if x.dim() == 4 else x[:, None].expand(-1, 3, -1, -1)
+    return F.interpolate(x, size=(size, size), mode="nearest")
+
+
+def recon_image(image: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
+    """One reconstruction, grayscale (h, w) or colour (3, h, w), in [0, 1] -> uint8 (size, size, 3)."""
+    x = _rgb(torch.as_tensor(image)[None], size)[0]
+    return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def reconstruction_panel(target: torch.Tensor, recon: torch.Tensor, size: int) -> np.ndarray:
-    """Grayscale targets and reconstructions (B, h, w) in [0, 1] -> a uint8 (2*size, B*size, 3)
-    panel: targets on the top row, reconstructions below, each enlarged to ``size``."""
-    both = torch.cat([target, recon]).detach().float().cpu().clamp(0, 1)[:, None]
-    both = F.interpolate(both, size=(size, size), mode="nearest").repeat(1, 3, 1, 1)
+    """Targets and reconstructions, grayscale (B, h, w) or colour (B, 3, h, w), in [0, 1] -> a uint8
+    (2*size, B*size, 3) panel: targets on the top row, reconstructions below, each enlarged to ``size``."""
+    both = _rgb(torch.cat([target, recon]), size)
     grid = make_grid(both, nrow=target.shape[0], padding=0)
     return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from dsae.data import Dataset
-from dsae.model import DeepSpatialAutoencoder, gray_target
+from dsae.model import DeepSpatialAutoencoder, recon_target
 from dsae.spatial_softmax import to_pixels
 
 
@@ -161,7 +161,7 @@ def held_out_pass(model: DeepSpatialAutoencoder, frames: np.ndarray, rows: Optio
     for chunk in _batches(frames, rows, batch, device):
         result = model.encoder(chunk, return_presence=True)
         recon = model.decoder(result.keypoints, chunk)
-        total += float(((recon - gray_target(chunk, model.cfg.recon_size)) ** 2).sum())
+        total += float(((recon - recon_target(chunk, model.cfg)) ** 2).sum())
         count += recon.numel()
         keypoints.append(result.keypoints.double().cpu().numpy())
         presence.append(result.presence.double().cpu().numpy())
@@ -186,7 +186,7 @@ def evaluate_model(model: DeepSpatialAutoencoder, dataset: Dataset, train_eps: n
 
 def reconstruction_mse(model: DeepSpatialAutoencoder, frames: np.ndarray, device: torch.device,
                        rows: Optional[np.ndarray] = None, batch: int = 512) -> float:
-    """Mean squared error of the grayscale reconstruction over uint8 frames (N, H, W, 3), or
+    """Mean squared error of the reconstruction (per pixel and channel) over uint8 frames (N, H, W, 3), or
     those at ``rows``, read a batch at a time (:func:`held_out_pass`'s third figure)."""
     return held_out_pass(model, frames, rows, device, batch)[2]
 

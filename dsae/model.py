@@ -1,7 +1,8 @@
 """The Deep Spatial Autoencoder: conv encoder -> spatial soft-argmax -> decoder, and its loss.
 
 Images enter as uint8 (B, H, W, 3) and are converted once, here, to float (B, 3, H, W) in
-[0, 1]. The decoder reconstructs a downsampled grayscale image (B, h, w) from the keypoints:
+[0, 1]. The decoder reconstructs a downsampled image from the keypoints, grayscale (B, h, w)
+or, with ``model.recon_color``, colour (B, 3, h, w):
 ``gaussian`` and ``fc`` from them alone, ``transport`` from the frame seen only through a
 window at each keypoint. The loss is the reconstruction error plus the smoothness term
 g_slow = ||(f_{t+1} - f_t) - (f_t - f_{t-1})||^2 on triples of consecutive frames.
@@ -33,12 +34,26 @@ def to_float_images(images: torch.Tensor) -> torch.Tensor:
     return images
 
 
-def gray_target(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Reconstruction target: images -> grayscale, area-downsampled, (B, size, size) in [0, 1]."""
-    x = to_float_images(images)
-    weights = x.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)
-    gray = (x * weights).sum(dim=1, keepdim=True)
-    return F.interpolate(gray, size=(size, size), mode="area").squeeze(1)
+def recon_target(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Reconstruction target: images area-downsampled to ``recon_size``, in [0, 1]: grayscale
+    (B, h, w), or with ``recon_color`` (B, 3, h, w)."""
+    x = F.interpolate(to_float_images(images), size=(cfg.recon_size, cfg.recon_size), mode="area")
+    return x if cfg.recon_color else (x * x.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)).sum(dim=1)
+
+
+def recon_shape(cfg: ModelConfig) -> tuple[int, ...]:
+    """One reconstruction's shape: (h, w), or (3, h, w) in colour."""
+    side = (cfg.recon_size, cfg.recon_size)
+    return (3, *side) if cfg.recon_color else side
+
+
+def _recon_channels(cfg: ModelConfig) -> int:
+    return 3 if cfg.recon_color else 1
+
+
+def _as_recon(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """A decoder's (B, C, h, w) output in recon_target's shape: (B, 3, h, w), or (B, h, w) for grayscale."""
+    return x if cfg.recon_color else x.squeeze(1)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -116,16 +131,16 @@ class SpatialEncoder(nn.Module):
 
 
 class FCDecoder(nn.Module):
-    """Fully connected decoder: keypoints (B, K, 2) -> grayscale image (B, h, w)."""
+    """Fully connected decoder: keypoints (B, K, 2) -> image (B, h, w) (or (B, 3, h, w) in colour)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.size = cfg.recon_size
+        self.cfg, self.size = cfg, cfg.recon_size
         dims = [2 * cfg.num_keypoints, *cfg.decoder_hidden]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
-        layers.append(nn.Linear(dims[-1], self.size * self.size))
+        layers.append(nn.Linear(dims[-1], _recon_channels(cfg) * self.size * self.size))
         self.net = nn.Sequential(*layers)
         # Start near a flat mid-grey image: a decoder that starts far from the data sends large
         # gradients into the encoder, which can silence its last ReLUs (every keypoint then
@@ -135,7 +150,7 @@ class FCDecoder(nn.Module):
             layers[-1].bias.fill_(0.5)
 
     def forward(self, keypoints: torch.Tensor, images: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.net(keypoints.flatten(1)).view(-1, self.size, self.size)
+        return _as_recon(self.net(keypoints.flatten(1)).view(-1, _recon_channels(self.cfg), self.size, self.size), self.cfg)
 
 
 def gaussian_maps(keypoints: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
@@ -150,7 +165,7 @@ def gaussian_maps(keypoints: torch.Tensor, size: int, sigma: float) -> torch.Ten
 
 
 class GaussianDecoder(nn.Module):
-    """Keypoints drawn as Gaussian maps, then a small conv net: (B, K, 2) -> (B, h, w).
+    """Keypoints drawn as Gaussian maps, then a small conv net: (B, K, 2) -> (B, h, w) (or (B, 3, h, w)).
 
     The image is a learned background plus what the convs draw around each keypoint, so a
     keypoint can only explain pixels near where it sits: a strong push for keypoints to sit
@@ -159,23 +174,23 @@ class GaussianDecoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.size, self.sigma = cfg.recon_size, cfg.decoder_sigma
+        self.cfg, self.size, self.sigma = cfg, cfg.recon_size, cfg.decoder_sigma
         c, k = cfg.decoder_channels, cfg.decoder_kernel
         self.net = nn.Sequential(
             nn.Conv2d(cfg.num_keypoints, c, k, padding=k // 2), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, k, padding=k // 2), nn.ReLU(inplace=True),
-            nn.Conv2d(c, 1, k, padding=k // 2),
+            nn.Conv2d(c, _recon_channels(cfg), k, padding=k // 2),
         )
-        self.background = nn.Parameter(torch.full((self.size, self.size), 0.5))
+        self.background = nn.Parameter(torch.full(recon_shape(cfg), 0.5))
 
     def forward(self, keypoints: torch.Tensor, images: Optional[torch.Tensor] = None) -> torch.Tensor:
         maps = gaussian_maps(keypoints, self.size, self.sigma)
-        return self.net(maps).squeeze(1) + self.background
+        return _as_recon(self.net(maps), self.cfg) + self.background
 
 
 class TransportDecoder(nn.Module):
     """Features of the frame show through a Gaussian window at each keypoint onto features of the
-    scene's median image; convs decode the mix: (B, K, 2) + images (B, H, W, 3) -> (B, h, w).
+    scene's median image; convs decode the mix: (B, K, 2) + images (B, H, W, 3) -> (B, h, w) (or (B, 3, h, w)).
 
     After Transporter (Kulkarni et al. 2019), with the scene's median image as the source frame.
     The decoder need not learn to draw an object from a coordinate: a keypoint on it opens a
@@ -184,11 +199,11 @@ class TransportDecoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.size, self.sigma = cfg.recon_size, cfg.decoder_sigma
+        self.cfg, self.size, self.sigma = cfg, cfg.recon_size, cfg.decoder_sigma
         c = cfg.decoder_channels
         self.features = nn.Sequential(
             nn.Conv2d(3, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True))
-        self.net = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, 1, 3, padding=1))
+        self.net = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, _recon_channels(cfg), 3, padding=1))
         # The scene's median colour image at the reconstruction size, set by set_background().
         self.register_buffer("scene", torch.full((1, 3, cfg.recon_size, cfg.recon_size), 0.5))
 
@@ -198,7 +213,7 @@ class TransportDecoder(nn.Module):
         frames = F.interpolate(to_float_images(images), size=(self.size, self.size), mode="area")
         window = gaussian_maps(keypoints, self.size, self.sigma).amax(dim=1, keepdim=True)  # (B, 1, h, w)
         mixed = (1 - window) * self.features(self.scene) + window * self.features(frames)
-        return self.net(mixed).squeeze(1) + 0.5
+        return _as_recon(self.net(mixed), self.cfg) + 0.5
 
 
 def separation_penalty(keypoints: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -237,13 +252,13 @@ class DeepSpatialAutoencoder(nn.Module):
         self.feature_size = (size, size)
         # The scene's static image (B-independent, (h, w)): the per-pixel median of training frames,
         # set by set_background() before training; saved with the weights.
-        self.register_buffer("background", torch.full((cfg.recon_size, cfg.recon_size), 0.5))
+        self.register_buffer("background", torch.full(recon_shape(cfg), 0.5))
 
     @torch.no_grad()
     def set_background(self, frames: torch.Tensor) -> None:
         """The per-pixel median of uint8 frames (N, H, W, 3) becomes the scene's static image,
         which the foreground weighting compares against and the Gaussian decoder starts from."""
-        median = gray_target(frames, self.cfg.recon_size).median(dim=0).values
+        median = recon_target(frames, self.cfg).median(dim=0).values
         self.background.copy_(median)
         if isinstance(self.decoder, GaussianDecoder):
             self.decoder.background.copy_(median)
@@ -264,7 +279,7 @@ class DeepSpatialAutoencoder(nn.Module):
         b = triples.shape[0]
         images = triples.flatten(0, 1)
         keypoints, recon = self(images)
-        target = gray_target(images, self.cfg.recon_size)
+        target = recon_target(images, self.cfg)
         if self.cfg.foreground_weight > 0:
             # What differs from the static scene (the objects, wherever they are) weighs more.
             weight = 1.0 + self.cfg.foreground_weight * (target - self.background).abs()

@@ -45,7 +45,7 @@ from dsae.errors import ConfigError
 from dsae.evaluate import evaluate_model, reconstruction_mse
 from dsae.logger import Logger
 from dsae.sources import default_import_dir, import_recording
-from dsae.model import DeepSpatialAutoencoder, gray_target
+from dsae.model import DeepSpatialAutoencoder, recon_target
 
 
 def dataset_dir(cfg: Config) -> Path:
@@ -224,7 +224,7 @@ class Trainer:
         with torch.no_grad():
             kp, recon = self.model(self.shown)
         self.logger.image("keypoints", grid_image(overlay_keypoints(self.shown.cpu(), kp), nrow=8), self.step)
-        target = gray_target(self.shown, self.cfg.model.recon_size)
+        target = recon_target(self.shown, self.cfg.model)
         self.logger.image("reconstruction", reconstruction_panel(target, recon, 96), self.step)
 
     def train_step(self) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from dsae.config import VisConfig
-from dsae.draw import draw_tracks, enlarge, gray_image, heatmap_grid
+from dsae.draw import draw_tracks, enlarge, recon_image, heatmap_grid
 from dsae.errors import ConfigError
 from dsae.model import to_float_images
 from dsae.spatial_softmax import spatial_soft_argmax_full, to_pixels
@@ -102,7 +102,7 @@ def compose_frame(frame: np.ndarray, tracks: dict[str, np.ndarray], t: int, trut
     left = draw_tracks(frame, tracks["keypoints"][start:t + 1], tracks["filtered"][start:t + 1],
                        tracks["keep"][t], truth, scale=cfg.scale)
     side = left.shape[0]
-    recon = gray_image(tracks["recon"][t], side)
+    recon = recon_image(tracks["recon"][t], side)
     k = tracks["attention"].shape[1]
     ncols = int(np.ceil(np.sqrt(k)))
     cell = max(8, side // ncols - 4)

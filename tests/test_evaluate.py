@@ -87,7 +87,7 @@ def test_evaluate_model_equals_the_separate_passes(tiny_dataset):
     from dsae.config import ModelConfig
     from dsae.data import load_dataset
     from dsae.evaluate import evaluate_model
-    from dsae.model import DeepSpatialAutoencoder, gray_target
+    from dsae.model import DeepSpatialAutoencoder, recon_target
 
     cfg, root = tiny_dataset
     ds = load_dataset(root)
@@ -101,7 +101,7 @@ def test_evaluate_model_equals_the_separate_passes(tiny_dataset):
         assert out[key] == pytest.approx(apart[key])
     held_out = torch.from_numpy(ds.frames[ds.frame_indices(val)])
     with torch.no_grad():
-        whole = float(((model(held_out)[1] - gray_target(held_out, model.cfg.recon_size)) ** 2).mean())
+        whole = float(((model(held_out)[1] - recon_target(held_out, model.cfg)) ** 2).mean())
     assert out["recon_mse"] == pytest.approx(whole, rel=1e-5)
     assert out["keypoints"]["moving_keypoints"] <= model.cfg.num_keypoints
     assert len(out["keypoints"]["presence_mean"]) == model.cfg.num_keypoints

@@ -8,8 +8,8 @@ from dsae.model import (
     DeepSpatialAutoencoder,
     SpatialEncoder,
     gaussian_maps,
-    gray_target,
     receptive_field_centres,
+    recon_target,
     to_float_images,
 )
 from dsae.spatial_softmax import to_pixels
@@ -90,10 +90,35 @@ def test_image_conversion():
         to_float_images(torch.zeros(2, 3, 5, 5, dtype=torch.uint8))
 
 
-def test_gray_target_values():
+def test_recon_target_values():
     red = torch.zeros(1, 8, 8, 3, dtype=torch.uint8)
     red[..., 0] = 255
-    torch.testing.assert_close(gray_target(red, 4), torch.full((1, 4, 4), 0.299))
+    torch.testing.assert_close(recon_target(red, ModelConfig(recon_size=4)), torch.full((1, 4, 4), 0.299))
+    colour = recon_target(red, ModelConfig(recon_size=4, recon_color=True))
+    torch.testing.assert_close(colour, torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("decoder", ["gaussian", "transport", "fc"])
+def test_a_colour_model_reconstructs_and_learns_colour(decoder):
+    """model.recon_color: every decoder draws (B, 3, h, w), the background is a colour image, and
+    the loss falls on colour frames."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=[8, 8], kernels=[3, 3], strides=[2, 1], num_keypoints=4, recon_size=8,
+                      decoder=decoder, recon_color=True)
+    model = DeepSpatialAutoencoder(cfg, 16)
+    triples = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
+    model.set_background(triples.flatten(0, 1))
+    assert model.background.shape == (3, 8, 8)
+    assert model(triples.flatten(0, 1))[1].shape == (6, 3, 8, 8)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        loss, _ = model.loss(triples)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
 
 
 def test_gaussian_maps_peak_at_keypoints():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsae.draw import draw_tracks, heatmap_grid, keypoint_colors, overlay_keypoints
+from dsae.draw import draw_tracks, heatmap_grid, keypoint_colors, overlay_keypoints, recon_image, reconstruction_panel
 from dsae.visualize import read_mp4, write_mp4
 
 
@@ -48,6 +48,17 @@ def test_heatmaps_are_scaled_per_keypoint():
     grid = heatmap_grid(att, ncols=2, cell=4, pad=0)
     assert grid.shape == (4, 8, 3)
     assert (grid[1, 2] == 255).all() and (grid[0, 4] == 255).all(), "each map's peak is white"
+
+
+def test_reconstructions_are_drawn_in_gray_or_in_colour():
+    gray = torch.full((2, 4, 4), 0.5)
+    colour = torch.zeros(2, 3, 4, 4)
+    colour[:, 1] = 1.0  # green
+    panel = reconstruction_panel(gray, gray, 8)
+    assert panel.shape == (16, 16, 3) and (panel == 128).all()
+    panel = reconstruction_panel(colour, colour, 8)
+    assert panel.shape == (16, 16, 3) and (panel[..., 1] == 255).all() and (panel[..., [0, 2]] == 0).all()
+    assert (recon_image(colour[0], 8) == panel[:8, :8]).all() and (recon_image(gray[0], 8) == 128).all()
 
 
 def test_mp4_round_trip(tmp_path):
