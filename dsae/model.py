@@ -250,7 +250,7 @@ class DeepSpatialAutoencoder(nn.Module):
         if size < 2:
             raise ConfigError(f"image_size={image_size} is too small for this encoder (its feature maps would be {size}x{size})")
         self.feature_size = (size, size)
-        # The scene's static image (B-independent, (h, w)): the per-pixel median of training frames,
+        # The scene's static image (B-independent, recon_shape): the per-pixel median of training frames,
         # set by set_background() before training; saved with the weights.
         self.register_buffer("background", torch.full(recon_shape(cfg), 0.5))
 
