@@ -18,12 +18,16 @@ def _compose(overrides):
         return compose(config_name="config", overrides=overrides)
 
 
-@pytest.mark.parametrize("overrides", [[], ["env=pusher"], ["model=finn2016"], ["logger=none"]])
+@pytest.mark.parametrize("overrides", [[], ["env=pusher"], ["model=finn2016"], ["model=small_objects"], ["logger=none"]])
 def test_groups_compose(overrides):
     cfg = to_config(_compose(overrides))
     assert isinstance(cfg, Config)
     if overrides == ["model=finn2016"]:
         assert cfg.env.image_size == 240 and cfg.model.recon_size == 60
+    if overrides == ["model=small_objects"]:  # the setting docs/small_objects.md measured
+        m = cfg.model
+        assert (m.decoder, m.num_keypoints, m.keypoint_frame, m.padding) == ("transport", 32, "image", "replicate")
+        assert m.channels == [64, 32, 16] and cfg.env.image_size == 64
 
 
 def test_misspelt_key_is_named():

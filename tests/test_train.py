@@ -117,17 +117,20 @@ def test_an_override_that_changes_a_resumed_run_is_refused_not_dropped(tiny_data
     assert saved["train"]["lr"] == 0.001 and saved["train"]["log_every"] == 2
 
 
-def test_a_transport_decoder_run_trains_probes_and_films(tiny_dataset, tmp_path):
+def test_a_transport_decoder_run_in_the_image_frame_and_in_colour_trains_probes_and_films(tiny_dataset, tmp_path):
+    """model=small_objects' settings (the transport decoder, the image frame, replicate padding),
+    with a colour reconstruction, through training, the probe and a film's tracks."""
     from dsae.api import load_model
     from dsae.config import VisConfig
     from dsae.data import load_dataset
     from dsae.visualize import track_episode
 
     cfg, root = tiny_dataset
-    cfg = replace(cfg, model=replace(cfg.model, decoder="transport"), train=replace(cfg.train, steps=10))
+    model_cfg = replace(cfg.model, decoder="transport", keypoint_frame="image", padding="replicate", recon_color=True)
+    cfg = replace(cfg, model=model_cfg, train=replace(cfg.train, steps=10))
     metrics = run_training(cfg, tmp_path / "run", progress=False)
     assert set(metrics["keypoint_err_px"]) == {"fingertip", "target"} and metrics["recon_mse"] > 0
     model, _ = load_model(tmp_path / "run", "cpu")
     frames = load_dataset(root).episode(0)
     tracks = track_episode(model, frames, VisConfig(), torch.device("cpu"))
-    assert tracks["recon"].shape == (len(frames), 16, 16)
+    assert tracks["recon"].shape == (len(frames), 3, 16, 16)
