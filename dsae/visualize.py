@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from dsae.config import VisConfig
-from dsae.draw import draw_tracks, enlarge, recon_image, heatmap_grid
+from dsae.draw import draw_tracks, enlarge, heatmap_grid, recon_image
 from dsae.errors import ConfigError
 from dsae.model import to_float_images
 from dsae.spatial_softmax import spatial_soft_argmax_full, to_pixels
