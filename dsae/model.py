@@ -37,8 +37,11 @@ def to_float_images(images: torch.Tensor) -> torch.Tensor:
 def recon_target(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """Reconstruction target: images area-downsampled to ``recon_size``, in [0, 1]: grayscale
     (B, h, w), or with ``recon_color`` (B, 3, h, w)."""
-    x = F.interpolate(to_float_images(images), size=(cfg.recon_size, cfg.recon_size), mode="area")
-    return x if cfg.recon_color else (x * x.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)).sum(dim=1)
+    x = to_float_images(images)
+    if not cfg.recon_color:  # gray first, then downsample: the order every earlier run used, to the last bit
+        x = (x * x.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    x = F.interpolate(x, size=(cfg.recon_size, cfg.recon_size), mode="area")
+    return x if cfg.recon_color else x.squeeze(1)
 
 
 def recon_shape(cfg: ModelConfig) -> tuple[int, ...]:
