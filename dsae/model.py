@@ -40,8 +40,7 @@ def recon_target(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     x = to_float_images(images)
     if not cfg.recon_color:  # gray first, then downsample: the order every earlier run used, to the last bit
         x = (x * x.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
-    x = F.interpolate(x, size=(cfg.recon_size, cfg.recon_size), mode="area")
-    return x if cfg.recon_color else x.squeeze(1)
+    return _as_recon(F.interpolate(x, size=(cfg.recon_size, cfg.recon_size), mode="area"), cfg)
 
 
 def recon_shape(cfg: ModelConfig) -> tuple[int, ...]:
