@@ -82,6 +82,9 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, An
         raise CheckpointError(f"checkpoint {path} could not be read ({err}); it may be truncated or not a dsae checkpoint") from err
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a dsae checkpoint (no model/config entries)")
+    model = state["config"].get("model")
+    if isinstance(model, dict) and "keypoint_frame" not in model:
+        model["keypoint_frame"] = "grid"  # saved before model.keypoint_frame: its keypoints are in that frame
     state["path"] = str(path)
     return state
 

@@ -56,20 +56,20 @@ class ModelConfig:
     """The ``model`` group: architecture and loss (``model=finn2016`` is the paper's)."""
 
     channels: list[int] = field(default_factory=lambda: [64, 32, 16])  # conv widths of the encoder
-    kernels: list[int] = field(default_factory=lambda: [7, 5, 5])  # conv kernel sizes
+    kernels: list[int] = field(default_factory=lambda: [7, 3, 3])  # conv kernel sizes (paper: 7, 5, 5)
     strides: list[int] = field(default_factory=lambda: [2, 1, 1])  # conv strides
-    padding: str = "valid"  # valid (paper), same (zero-padded to keep each map's size) or replicate (the same, borders repeated)
+    padding: str = "replicate"  # valid (paper), same (zero-padded to keep each map's size) or replicate (the same, borders repeated)
     norm: str = "batch"  # none (paper), batch or group, after each conv
-    num_keypoints: int = 16  # K
+    num_keypoints: int = 32  # K (paper: 16)
     project: Optional[bool] = None  # a 1x1 conv from channels[-1] to K; None: only when they differ
-    keypoint_frame: str = "grid"  # grid: the feature grid stretched over the whole image (the paper's, and every model before this option); image: a keypoint sits on the pixel its feature-map cell looks at (its receptive field's centre)
+    keypoint_frame: str = "image"  # image: a keypoint sits on the pixel its feature-map cell looks at (its receptive field's centre); grid: the feature grid stretched over the whole image (the paper's, and every checkpoint saved before this option)
     temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
     learn_temperature: bool = True  # learn the temperature (paper) or keep it fixed
     recon_size: int = 32  # side of the reconstruction target
     recon_color: bool = False  # reconstruct the frame in colour (3 channels) rather than in grayscale (paper)
-    decoder: str = "gaussian"  # gaussian (keypoints drawn as maps, then convs), transport (the frame seen through a window at each keypoint) or fc (the paper's)
+    decoder: str = "transport"  # transport (the frame seen through a window at each keypoint), gaussian (keypoints drawn as maps, then convs) or fc (the paper's)
     decoder_hidden: list[int] = field(default_factory=lambda: [512])  # fc: hidden widths; [] = the paper's linear layer
-    decoder_channels: int = 32  # gaussian, transport: width of its conv layers
+    decoder_channels: int = 16  # gaussian, transport: width of its conv layers
     decoder_sigma: float = 0.1  # gaussian, transport: blob (window) std in normalised units ([-1, 1] spans the image)
     decoder_kernel: int = 3  # gaussian: conv kernel size; 1 lets a keypoint draw only around itself
     slow_weight: float = 0.01  # weight of g_slow in the loss (paper: 1.0)

@@ -87,12 +87,13 @@ def receptive_field_centres(kernels: list[int], strides: list[int], padding: str
 class SpatialEncoder(nn.Module):
     """Conv stack ending in spatial soft-argmax: float (B, 3, H, W) -> keypoints (B, K, 2).
 
-    With ``keypoint_frame="grid"`` (the default) the feature grid is stretched over the whole
-    image. The default encoder's 21x21 maps see image pixels 11 to 51 of 64, so there a keypoint
-    with a sharp softmax that follows an object moves 1.6 times as far as the object does. With
-    ``"image"`` each keypoint is placed where, in the image, its expected feature-map cell looks:
-    the centre of that cell's receptive field (``receptive_field_centres``); with valid padding
-    that leaves a border the keypoints cannot reach (11 px of 64 on each side).
+    With ``keypoint_frame="image"`` (the default) each keypoint is placed where, in the image, its
+    expected feature-map cell looks: the centre of that cell's receptive field
+    (``receptive_field_centres``); with valid padding that leaves a border the keypoints cannot
+    reach (11 px of 64 on each side for the paper's kernels). With ``"grid"`` (the paper's) the
+    feature grid is stretched over the whole image: the paper's 21x21 maps at 64 px see image
+    pixels 11 to 51, so a keypoint with a sharp softmax that follows an object moves 1.6 times as
+    far as the object does.
     """
 
     def __init__(self, cfg: ModelConfig):

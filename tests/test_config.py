@@ -18,16 +18,20 @@ def _compose(overrides):
         return compose(config_name="config", overrides=overrides)
 
 
-@pytest.mark.parametrize("overrides", [[], ["env=pusher"], ["model=finn2016"], ["model=small_objects"], ["logger=none"]])
+@pytest.mark.parametrize("overrides", [[], ["env=pusher"], ["model=finn2016"], ["model=gaussian16"], ["logger=none"]])
 def test_groups_compose(overrides):
     cfg = to_config(_compose(overrides))
     assert isinstance(cfg, Config)
-    if overrides == ["model=finn2016"]:
-        assert cfg.env.image_size == 240 and cfg.model.recon_size == 60
-    if overrides == ["model=small_objects"]:  # the setting docs/small_objects.md measured
-        m = cfg.model
+    m = cfg.model
+    if overrides == ["model=finn2016"]:  # the paper's model, whatever the defaults become
+        assert cfg.env.image_size == 240 and m.recon_size == 60 and m.kernels == [7, 5, 5]
+        assert (m.decoder, m.num_keypoints, m.keypoint_frame, m.padding) == ("fc", 16, "grid", "valid")
+    elif overrides == ["model=gaussian16"]:  # the default before 2026-11-24, as its figures were measured
+        assert (m.decoder, m.num_keypoints, m.keypoint_frame, m.padding) == ("gaussian", 16, "grid", "valid")
+        assert m.kernels == [7, 5, 5] and m.decoder_channels == 32 and m.channels == [64, 32, 16]
+    elif overrides != ["env=pusher"]:  # the setting docs/small_objects.md measured
         assert (m.decoder, m.num_keypoints, m.keypoint_frame, m.padding) == ("transport", 32, "image", "replicate")
-        assert m.channels == [64, 32, 16] and cfg.env.image_size == 64
+        assert m.channels == [64, 32, 16] and m.kernels == [7, 3, 3] and cfg.env.image_size == 64
 
 
 def test_misspelt_key_is_named():
@@ -121,7 +125,7 @@ def test_every_setting_has_its_meaning_written_once_beside_it(schema):
 
 def test_help_lists_every_setting_with_its_default_and_meaning():
     text = describe(Config)
-    assert "  model.num_keypoints = 16  # K" in text
+    assert "  model.num_keypoints = 32  # K (paper: 16)" in text
     assert "  train.amp = 'auto'  # auto: bf16 autocast" in text
     assert "  env.name = 'reacher'" in text and "  vis.seed = 1000" in text
 

@@ -17,7 +17,8 @@ from dsae.spatial_softmax import to_pixels
 
 def test_paper_shapes_240px():
     """Finn et al. 2016: 240x240 input -> 109x109 feature maps, 16 keypoints, 60x60 recon."""
-    model = DeepSpatialAutoencoder(ModelConfig(recon_size=60), 240)
+    paper = ModelConfig(kernels=[7, 5, 5], padding="valid", num_keypoints=16, recon_size=60)
+    model = DeepSpatialAutoencoder(paper, 240)
     assert model.feature_size == (109, 109)
     kp, recon = model(torch.zeros(2, 240, 240, 3, dtype=torch.uint8))
     assert kp.shape == (2, 16, 2) and recon.shape == (2, 60, 60)
@@ -177,18 +178,18 @@ def test_projection_to_k_keypoints():
         kp, _ = model(torch.zeros(1, 64, 64, 3, dtype=torch.uint8))
         assert kp.shape == (1, 8, 2)
         assert model.encoder.features[-1].out_channels == 8
-    plain = DeepSpatialAutoencoder(ModelConfig(), 64)  # 16 = 16: no projection
+    plain = DeepSpatialAutoencoder(ModelConfig(num_keypoints=16), 64)  # 16 = 16: no projection
     assert not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in plain.encoder.features)
 
 
 def test_too_small_image_is_rejected():
     with pytest.raises(ValueError, match="too small"):
-        DeepSpatialAutoencoder(ModelConfig(), 20)
+        DeepSpatialAutoencoder(ModelConfig(padding="valid"), 12)  # 12 -> 3 -> 1 -> ... px
 
 
 def test_background_is_the_median_frame_and_weights_what_differs():
     cfg = ModelConfig(channels=[8, 4], kernels=[5, 3], strides=[2, 1], num_keypoints=4, recon_size=8,
-                      foreground_weight=10.0)
+                      decoder="gaussian", foreground_weight=10.0)
     model = DeepSpatialAutoencoder(cfg, 32)
     frames = torch.full((5, 32, 32, 3), 100, dtype=torch.uint8)
     frames[0, :8, :8] = 255  # one frame differs: the median ignores it

@@ -118,8 +118,9 @@ def test_an_override_that_changes_a_resumed_run_is_refused_not_dropped(tiny_data
 
 
 def test_a_transport_decoder_run_in_the_image_frame_and_in_colour_trains_probes_and_films(tiny_dataset, tmp_path):
-    """model=small_objects' settings (the transport decoder, the image frame, replicate padding),
-    with a colour reconstruction, through training, the probe and a film's tracks."""
+    """The default model's decoder and keypoint frame (the transport decoder, the image frame,
+    replicate padding) on the tiny encoder, with a colour reconstruction, through training, the
+    probe and a film's tracks."""
     from dsae.api import load_model
     from dsae.config import VisConfig
     from dsae.data import load_dataset
