@@ -10,7 +10,8 @@ its largest image displacement, and the share of frames with the effector within
 metres of it (horizontally). An object that never moves, or that the arm never comes near, is
 one the encoder sees only as still scenery. With ``--view LO HI``, also the share of frames in
 which each object (the effector too) lies outside pixels LO..HI on either axis: the part of the
-image that an encoder's last feature map looks at (11 51 for the default encoder at 64 px, see
+image that an encoder's last feature map looks at (11 51 for ``model=gaussian16``'s valid convs at
+64 px, 0 62 for the default's replicate padding; see
 ``dsae.model.receptive_field_centres``). Prints a Markdown table; ``--out`` also writes JSON.
 """
 

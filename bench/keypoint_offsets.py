@@ -8,7 +8,7 @@ its mean offset (keypoint minus object, pixels) and the offset's spread (std per
 mean over frames of the distance from the object to the nearest of *any* keypoint, and the best
 keypoint's gain: the slope of its position on the object's, per axis (1 when it moves exactly as
 far as the object; in ``model.keypoint_frame=grid`` a keypoint with a sharp softmax that follows
-an object moves 1.6 times as far at the default's 21x21 feature maps). A best
+an object moves 1.6 times as far at ``model=gaussian16``'s 21x21 feature maps). A best
 keypoint whose offset averages near zero but spreads wide follows a point beside the object that
 turns around it; a small nearest-of-any distance beside a large best-single error means the
 keypoints do cover the object but hand it from one to another. Prints a Markdown table; ``--out``

@@ -17,7 +17,8 @@ from dsae.spatial_softmax import to_pixels
 
 def test_paper_shapes_240px():
     """Finn et al. 2016: 240x240 input -> 109x109 feature maps, 16 keypoints, 60x60 recon."""
-    paper = ModelConfig(kernels=[7, 5, 5], padding="valid", num_keypoints=16, recon_size=60)
+    paper = ModelConfig(kernels=[7, 5, 5], padding="valid", norm="none", num_keypoints=16, project=False,
+                        keypoint_frame="grid", temperature=1.0, recon_size=60, decoder="fc", decoder_hidden=[])
     model = DeepSpatialAutoencoder(paper, 240)
     assert model.feature_size == (109, 109)
     kp, recon = model(torch.zeros(2, 240, 240, 3, dtype=torch.uint8))

@@ -117,21 +117,23 @@ def test_an_override_that_changes_a_resumed_run_is_refused_not_dropped(tiny_data
     assert saved["train"]["lr"] == 0.001 and saved["train"]["log_every"] == 2
 
 
-def test_a_transport_decoder_run_in_the_image_frame_and_in_colour_trains_probes_and_films(tiny_dataset, tmp_path):
-    """The default model's decoder and keypoint frame (the transport decoder, the image frame,
-    replicate padding) on the tiny encoder, with a colour reconstruction, through training, the
-    probe and a film's tracks."""
+def test_the_gaussian16_model_in_colour_trains_probes_and_films(tiny_dataset, tmp_path):
+    """model=gaussian16's decoder and frame (the Gaussian-map decoder, the grid frame, valid
+    padding; every other test trains the default's transport decoder in the image frame) on the
+    tiny encoder, with a colour reconstruction, through training, the probe and a film's tracks."""
     from dsae.api import load_model
     from dsae.config import VisConfig
     from dsae.data import load_dataset
+    from dsae.model import GaussianDecoder
     from dsae.visualize import track_episode
 
     cfg, root = tiny_dataset
-    model_cfg = replace(cfg.model, decoder="transport", keypoint_frame="image", padding="replicate", recon_color=True)
+    model_cfg = replace(cfg.model, decoder="gaussian", keypoint_frame="grid", padding="valid", recon_color=True)
     cfg = replace(cfg, model=model_cfg, train=replace(cfg.train, steps=10))
     metrics = run_training(cfg, tmp_path / "run", progress=False)
     assert set(metrics["keypoint_err_px"]) == {"fingertip", "target"} and metrics["recon_mse"] > 0
     model, _ = load_model(tmp_path / "run", "cpu")
+    assert isinstance(model.decoder, GaussianDecoder) and model.encoder.centres is None  # saved and loaded as trained
     frames = load_dataset(root).episode(0)
     tracks = track_episode(model, frames, VisConfig(), torch.device("cpu"))
     assert tracks["recon"].shape == (len(frames), 3, 16, 16)
