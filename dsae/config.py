@@ -76,6 +76,8 @@ class ModelConfig:
     foreground_weight: float = 0.0  # pixels weigh 1 + this * |target - the scene's median image|
     separation_weight: float = 0.0  # weight of a penalty on keypoints closer than separation_sigma
     separation_sigma: float = 0.1  # separation penalty's reach, normalised units
+    equivariance_weight: float = 0.0  # weight of ||keypoints(turned frame) - turned keypoints||^2 (Thewlis et al. 2017): the middle frame of one triple in four turned about the image centre; only keypoints that have found something count
+    equivariance_angle: float = 180.0  # the turn is uniform within +-this many degrees
 
     def __post_init__(self) -> None:
         if not (len(self.channels) == len(self.kernels) == len(self.strides)) or not self.channels:
@@ -91,6 +93,8 @@ class ModelConfig:
             raise ConfigError(
                 f"model.num_keypoints={self.num_keypoints} differs from the last conv's {self.channels[-1]} "
                 "channels: set model.project=true for a 1x1 projection, or make model.channels end in num_keypoints")
+        if not 0 < self.equivariance_angle <= 180:
+            raise ConfigError(f"model.equivariance_angle must be in (0, 180] degrees, got {self.equivariance_angle}")
         if not self.temperature > 0 or not self.decoder_sigma > 0 or not self.separation_sigma > 0:
             raise ConfigError("model.temperature, model.decoder_sigma and model.separation_sigma must be > 0")
 

@@ -5,11 +5,14 @@ Images enter as uint8 (B, H, W, 3) and are converted once, here, to float (B, 3,
 or, with ``model.recon_color``, colour (B, 3, h, w):
 ``gaussian`` and ``fc`` from them alone, ``transport`` from the frame seen only through a
 window at each keypoint. The loss is the reconstruction error plus the smoothness term
-g_slow = ||(f_{t+1} - f_t) - (f_t - f_{t-1})||^2 on triples of consecutive frames.
+g_slow = ||(f_{t+1} - f_t) - (f_t - f_{t-1})||^2 on triples of consecutive frames, and
+optionally an equivariance term: the keypoints of a frame turned about its centre should be
+the frame's keypoints turned with it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -21,6 +24,7 @@ from dsae.errors import ConfigError
 from dsae.spatial_softmax import SpatialSoftmax
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
+EQUIVARIANCE_SHARE = 4  # model.equivariance_weight turns the middle frame of one triple in this many (1/12 more images through the encoder)
 
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:
@@ -231,6 +235,33 @@ def separation_penalty(keypoints: torch.Tensor, sigma: float) -> torch.Tensor:
     return (torch.exp(-d2 / (2 * sigma**2)).sum((-1, -2)) - k).mean() / (k * (k - 1))
 
 
+def rotate_frames(images: torch.Tensor, angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames float (B, 3, H, W) turned by ``angles`` (B,) radians about the image centre (borders
+    repeated), and the (B, 2, 2) matrices R that carry a keypoint (x, y) of a frame, as a row
+    vector in normalised coordinates, to its place in the turned frame: p @ R."""
+    cos, sin = angles.cos(), angles.sin()
+    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
+    # The sampling grid reads the turned frame's pixel q from the frame at R q, so p lands at R^T p.
+    theta = torch.cat([rotation, rotation.new_zeros(len(angles), 2, 1)], dim=-1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=True)
+    return F.grid_sample(images, grid, padding_mode="border", align_corners=True), rotation
+
+
+def equivariance_error(turned: torch.Tensor, keypoints: torch.Tensor, rotation: torch.Tensor,
+                       counted: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between the keypoints of turned frames (B, K, 2) and the frames'
+    keypoints (B, K, 2) turned with them by ``rotation`` (B, 2, 2) (see ``rotate_frames``), over
+    the keypoints that ``counted`` (B, K) marks and that stay inside the turned frame -> scalar.
+
+    A keypoint that turns with the frame answers to the same thing at every orientation of it,
+    which a conv filter does not by itself.
+    """
+    expected = torch.bmm(keypoints.float(), rotation)
+    counted = counted.float() * (expected.abs() <= 1).all(-1).float()  # (B, K)
+    error = (turned.float() - expected).pow(2).sum(-1)
+    return (error * counted).sum() / counted.sum().clamp(min=1)
+
+
 def make_decoder(cfg: ModelConfig) -> nn.Module:
     """The decoder that ``model.decoder`` names: keypoints (B, K, 2) -> image (B, h, w)."""
     if cfg.decoder not in DECODERS:
@@ -276,12 +307,18 @@ class DeepSpatialAutoencoder(nn.Module):
     def loss(self, triples: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss on frame triples uint8 (B, 3, H, W, 3) (consecutive frames t-1, t, t+1).
 
-        Reconstruction MSE over all three frames plus ``slow_weight`` * mean g_slow. The
-        parts come back detached (no device sync here; call ``float()`` when logging).
+        Reconstruction MSE over all three frames plus ``slow_weight`` * mean g_slow (plus the
+        separation and equivariance terms when their weights are set). The parts come back
+        detached (no device sync here; call ``float()`` when logging).
         """
         b = triples.shape[0]
         images = triples.flatten(0, 1)
-        keypoints, recon = self(images)
+        x = to_float_images(images)
+        if self.cfg.equivariance_weight > 0:
+            keypoints, equivariance = self._encode_with_turns(x)
+        else:
+            keypoints, equivariance = self.encoder(x), None
+        recon = self.decoder(keypoints, images)
         target = recon_target(images, self.cfg)
         if self.cfg.foreground_weight > 0:
             # What differs from the static scene (the objects, wherever they are) weighs more.
@@ -295,4 +332,23 @@ class DeepSpatialAutoencoder(nn.Module):
         total = recon_loss + self.cfg.slow_weight * slow
         if self.cfg.separation_weight > 0:
             total = total + self.cfg.separation_weight * separation_penalty(keypoints, self.cfg.separation_sigma)
-        return total, {"loss": total.detach(), "recon_mse": mse, "slow": slow.detach()}
+        parts = {"recon_mse": mse, "slow": slow}
+        if equivariance is not None:
+            total = total + self.cfg.equivariance_weight * equivariance
+            parts["equivariance"] = equivariance
+        return total, {"loss": total.detach(), **{k: v.detach() for k, v in parts.items()}}
+
+    def _encode_with_turns(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoints (3B, K, 2) of the frames of B triples, float (3B, 3, H, W), and the
+        equivariance error of the middle frames of the first B // EQUIVARIANCE_SHARE triples,
+        each turned by a random angle: all from one encoder batch, so that batch norm sees one
+        set of statistics in training."""
+        turns = max(1, len(x) // 3 // EQUIVARIANCE_SHARE)
+        angles = (torch.rand(turns, device=x.device) * 2 - 1) * math.radians(self.cfg.equivariance_angle)
+        turned, rotation = rotate_frames(x[1:3 * turns:3], angles)
+        result = self.encoder(torch.cat([x, turned]), return_presence=True)
+        keypoints, turned_keypoints = result.keypoints.split([len(x), turns])
+        # Only keypoints that have found something (half their softmax mass within a cell of where
+        # they sit) must turn with it; a diffuse one stays free to wait for an object to appear.
+        found = result.presence[1:3 * turns:3].detach() > 0.5
+        return keypoints, equivariance_error(turned_keypoints, keypoints[1:3 * turns:3], rotation, found)

@@ -253,17 +253,17 @@ class Trainer:
         from tqdm import tqdm
 
         t = self.cfg.train
-        totals, count = {"loss": 0.0, "recon_mse": 0.0, "slow": 0.0}, 0
+        totals, count = {}, 0  # the loss's parts (model.loss names them), summed since the last log
         with tqdm(total=t.steps, initial=self.step, desc="train", unit="step", disable=not (progress and self.lead),
                   dynamic_ncols=True) as bar:
             while self.step < t.steps:
                 parts = self.train_step()
-                totals, count = {k: v + float(parts[k]) for k, v in totals.items()}, count + 1
+                totals, count = {k: totals.get(k, 0.0) + float(v) for k, v in parts.items()}, count + 1
                 bar.update(1)
                 if self._due(t.log_every):
                     scalars = self.log_scalars(totals, count)
                     bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", img_s=f"{scalars['train/images_per_s']:.0f}")
-                    totals, count = dict.fromkeys(totals, 0.0), 0
+                    totals, count = {}, 0
                 if self.lead and self._due(t.eval_every):
                     self.logger.log({"val/recon_mse": reconstruction_mse(self.model, self.val_subset, self.device)},
                                     self.step)

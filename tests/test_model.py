@@ -7,9 +7,11 @@ from dsae.config import ModelConfig
 from dsae.model import (
     DeepSpatialAutoencoder,
     SpatialEncoder,
+    equivariance_error,
     gaussian_maps,
     receptive_field_centres,
     recon_target,
+    rotate_frames,
     to_float_images,
 )
 from dsae.spatial_softmax import to_pixels
@@ -244,3 +246,61 @@ def test_transport_decoder_starts_from_the_scenes_median_colour_image():
     loss, parts = model.loss(torch.randint(0, 256, (2, 3, 32, 32, 3), dtype=torch.uint8))
     loss.backward()
     assert model.encoder.features[0].weight.grad.abs().sum() > 0  # the keypoints are trained through the windows
+
+
+def _dot(size: int, row: int, col: int) -> torch.Tensor:
+    """A float frame (1, 3, size, size), black but for one white pixel."""
+    frame = torch.zeros(1, 3, size, size)
+    frame[0, :, row, col] = 1.0
+    return frame
+
+
+def _brightest(frames: torch.Tensor) -> torch.Tensor:
+    """A keypoint that turns with the frame by construction: the centroid of brightness,
+    (B, 3, H, W) -> (B, 1, 2) in normalised coordinates (pixel centres at linspace(-1, 1))."""
+    b, _, h, w = frames.shape
+    weights = frames.mean(1) / frames.mean(1).sum((1, 2), keepdim=True)
+    grid = torch.linspace(-1, 1, w)
+    return torch.stack([(weights.sum(1) * grid).sum(-1), (weights.sum(2) * grid).sum(-1)], -1)[:, None]
+
+
+def test_rotate_frames_carries_a_point_to_its_keypoint_times_the_matrix():
+    frame, (row, col) = _dot(64, 20, 45), (20, 45)
+    grid = torch.linspace(-1, 1, 64)
+    turned, rotation = rotate_frames(frame, torch.tensor([0.7]))
+    assert torch.allclose(_brightest(turned), torch.stack([grid[col], grid[row]])[None, None] @ rotation, atol=0.01)
+    assert torch.allclose(rotation @ rotation.transpose(1, 2), torch.eye(2)[None], atol=1e-6)
+
+
+def test_equivariance_error_is_zero_for_keypoints_that_turn_with_the_frame_and_not_for_fixed_ones():
+    frames = torch.cat([_dot(64, 20, 45), _dot(64, 40, 30), _dot(64, 31, 33)])
+    turned, rotation = rotate_frames(frames, torch.tensor([0.5, -2.0, 3.0]))
+    everyone = torch.ones(3, 1, dtype=torch.bool)
+    assert float(equivariance_error(_brightest(turned), _brightest(frames), rotation, everyone)) < 1e-3
+    fixed = torch.tensor([[[0.5, -0.25]]]).expand(3, 1, 2)
+    assert float(equivariance_error(fixed, fixed, rotation, everyone)) > 0.01
+    assert float(equivariance_error(fixed, fixed, rotation, ~everyone)) == 0.0
+
+
+def _equivariance_model(temperature: float) -> DeepSpatialAutoencoder:
+    cfg = ModelConfig(channels=[4], kernels=[3], strides=[1], num_keypoints=4, recon_size=4, padding="same",
+                      temperature=temperature, learn_temperature=False, equivariance_weight=1.0)
+    return DeepSpatialAutoencoder(cfg, 16)
+
+
+def test_the_equivariance_term_enters_the_loss_and_trains_the_encoder():
+    torch.manual_seed(0)
+    model = _equivariance_model(temperature=1e-3)  # sharp softmax: every keypoint has found something
+    triples = torch.randint(0, 256, (8, 3, 16, 16, 3), dtype=torch.uint8)
+    total, parts = model.loss(triples)
+    assert float(parts["equivariance"]) > 0
+    assert float(total) == pytest.approx(float(parts["recon_mse"] + 0.01 * parts["slow"] + parts["equivariance"]), rel=1e-4)
+    total.backward()
+    assert model.encoder.features[0].weight.grad.abs().sum() > 0
+
+
+def test_a_diffuse_keypoint_need_not_turn_with_the_frame():
+    torch.manual_seed(0)
+    model = _equivariance_model(temperature=1e3)  # flat softmax: no keypoint has found anything
+    _, parts = model.loss(torch.randint(0, 256, (8, 3, 16, 16, 3), dtype=torch.uint8))
+    assert float(parts["equivariance"]) == 0.0
