@@ -197,3 +197,12 @@ def test_policy_eval_replays_a_runs_evaluation_episodes_and_more(tmp_path):
     assert later[str(tmp_path / "sac")]["returns"] == pytest.approx(row["returns"][2:], abs=1e-4)
     assert later["baselines"]["do_nothing"]["returns"] == pytest.approx(
         written["baselines"]["do_nothing"]["returns"][2:], abs=1e-4)
+
+
+def test_step_cost_times_a_setting_against_the_default(tmp_path):
+    out = tmp_path / "cost.json"
+    run("step_cost.py", "model.equivariance_weight=0.01", "--blocks", "1", "--steps", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["overrides"] == ["model.equivariance_weight=0.01"]
+    assert result["images_per_s"]["default"] > 0 and result["images_per_s"]["changed"] > 0
+    assert result["ratio"] == result["images_per_s"]["changed"] / result["images_per_s"]["default"]
