@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,16 +29,14 @@ from dsae.model import DeepSpatialAutoencoder  # noqa: E402
 
 
 def model_settings(overrides: list[str]) -> ModelConfig:
-    """The default ModelConfig with ``model.FIELD=VALUE`` overrides (values parsed as YAML)."""
-    import yaml
+    """The model that Hydra composes from the default config with these overrides (keys checked)."""
+    from hydra import compose, initialize_config_dir
 
-    cfg = ModelConfig()
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if not key.startswith("model.") or not hasattr(cfg, key[len("model."):]):
-            raise SystemExit(f"{item!r}: give model.FIELD=VALUE with a field of ModelConfig")
-        cfg = replace(cfg, **{key[len("model."):]: yaml.safe_load(value)})
-    return cfg
+    from dsae.config import register, to_config
+
+    register()
+    with initialize_config_dir(str(REPO / "configs"), version_base=None):
+        return to_config(compose("config", [*overrides, "logger=none"])).model
 
 
 def main() -> None:
@@ -53,11 +50,11 @@ def main() -> None:
     torch.manual_seed(0)
     batch, size = TrainConfig().batch_size, 64
     triples = torch.randint(0, 256, (batch, 3, size, size, 3), dtype=torch.uint8)
-    settings = {"default": ModelConfig(), "changed": model_settings(args.overrides)}
+    settings = {"default": model_settings([]), "changed": model_settings(args.overrides)}
     steps = {}
     for name, cfg in settings.items():
         model = DeepSpatialAutoencoder(cfg, size)
-        steps[name] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
+        steps[name] = (model, torch.optim.Adam(model.parameters(), lr=TrainConfig().lr))
     seconds: dict[str, list[float]] = {name: [] for name in settings}
     for block in range(args.blocks + 1):
         for name, (model, optimizer) in steps.items():
