@@ -76,7 +76,7 @@ class ModelConfig:
     foreground_weight: float = 0.0  # pixels weigh 1 + this * |target - the scene's median image|
     separation_weight: float = 0.0  # weight of a penalty on keypoints closer than separation_sigma
     separation_sigma: float = 0.1  # separation penalty's reach, normalised units
-    equivariance_weight: float = 0.0  # weight of ||keypoints(turned frame) - turned keypoints||^2 (Thewlis et al. 2017): the middle frame of one triple in four turned about the image centre; only keypoints that have found something count
+    equivariance_weight: float = 0.01  # 0 = off (paper); weight of ||keypoints(turned frame) - turned keypoints||^2 (Thewlis et al. 2017): the middle frame of one triple in four turned about the image centre; only keypoints that have found something count
     equivariance_angle: float = 180.0  # the turn is uniform within +-this many degrees
 
     def __post_init__(self) -> None:

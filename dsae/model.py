@@ -121,14 +121,18 @@ class SpatialEncoder(nn.Module):
         """Keypoints; with ``return_attention``/``return_presence``/... (see SpatialSoftmax) a
         SoftArgmaxResult (its covariance in the keypoints' frame, its attention on the feature grid)."""
         x = to_float_images(images)
-        features = self.features(x)
+        return self.locate(self.features(x), x.shape[-2:], **outputs)
+
+    def locate(self, features: torch.Tensor, image_size: tuple[int, int], **outputs):
+        """Keypoints (B, K, 2) in the keypoint frame from the feature maps (B, K, h, w) of images
+        of ``image_size`` (H, W); ``outputs`` as in ``forward``."""
         result = self.softmax(features, **outputs)
         if self.centres is None:
             return result
         # Normalised over the feature grid -> normalised over the image, per axis (x, y): an affine map.
         a, b = self.centres
-        grid = x.new_tensor([features.shape[-1] - 1, features.shape[-2] - 1])
-        image = x.new_tensor([x.shape[-1] - 1, x.shape[-2] - 1])
+        grid = features.new_tensor([features.shape[-1] - 1, features.shape[-2] - 1], dtype=torch.float32)
+        image = features.new_tensor([image_size[-1] - 1, image_size[-2] - 1], dtype=torch.float32)
         scale = a * grid / image
         shift = (a * grid / 2 + b) * 2 / image - 1
         if isinstance(result, torch.Tensor):
@@ -346,9 +350,10 @@ class DeepSpatialAutoencoder(nn.Module):
         turns = max(1, len(x) // 3 // EQUIVARIANCE_SHARE)
         angles = (torch.rand(turns, device=x.device) * 2 - 1) * math.radians(self.cfg.equivariance_angle)
         turned, rotation = rotate_frames(x[1:3 * turns:3], angles)
-        result = self.encoder(torch.cat([x, turned]), return_presence=True)
-        keypoints, turned_keypoints = result.keypoints.split([len(x), turns])
+        features = self.encoder.features(torch.cat([x, turned]))
+        keypoints, turned_keypoints = self.encoder.locate(features, x.shape[-2:]).split([len(x), turns])
         # Only keypoints that have found something (half their softmax mass within a cell of where
         # they sit) must turn with it; a diffuse one stays free to wait for an object to appear.
-        found = result.presence[1:3 * turns:3].detach() > 0.5
+        with torch.no_grad():
+            found = self.encoder.softmax(features[1:3 * turns:3], return_presence=True).presence > 0.5
         return keypoints, equivariance_error(turned_keypoints, keypoints[1:3 * turns:3], rotation, found)

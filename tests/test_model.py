@@ -152,7 +152,7 @@ def test_loss_decreases(decoder):
         first = first if first is not None else loss.item()
     assert loss.item() < 0.5 * first
     assert model.encoder.features[0].weight.grad.abs().sum() > 0, "the encoder gets gradients too"
-    assert set(parts) == {"loss", "recon_mse", "slow"}
+    assert set(parts) == {"loss", "recon_mse", "slow", "equivariance"}
 
 
 def test_slow_term_is_zero_for_constant_velocity():
