@@ -304,3 +304,11 @@ def test_a_diffuse_keypoint_need_not_turn_with_the_frame():
     model = _equivariance_model(temperature=1e3)  # flat softmax: no keypoint has found anything
     _, parts = model.loss(torch.randint(0, 256, (8, 3, 16, 16, 3), dtype=torch.uint8))
     assert float(parts["equivariance"]) == 0.0
+
+
+def test_turned_frames_leave_the_frames_keypoints_as_the_encoder_gives_them():
+    torch.manual_seed(0)
+    model = _equivariance_model(temperature=0.1).eval()  # eval: batch norm does not mix the two batches
+    x = to_float_images(torch.randint(0, 256, (24, 16, 16, 3), dtype=torch.uint8))
+    keypoints, _ = model._encode_with_turns(x)
+    assert torch.allclose(keypoints, model.encoder(x), atol=1e-6)
