@@ -2,7 +2,8 @@
 
     python bench/keypoint_offsets.py RUN [RUN ...] [--out FILE]
 
-For each ``scripts/train.py`` run folder and each labelled object, on the run's held-out episodes:
+For each ``scripts/train.py`` run folder and each labelled object, on the frames of the run's
+held-out episodes where the object is in view (as ``keypoint_err_px``):
 the best keypoint (``keypoint_index`` of its ``metrics.json``), its mean distance to the object,
 its mean offset (keypoint minus object, pixels) and the offset's spread (std per axis), and the
 mean over frames of the distance from the object to the nearest of *any* keypoint, and the best
@@ -31,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from dsae.api import load_model  # noqa: E402
 from dsae.config import from_dict  # noqa: E402
 from dsae.data import load_dataset  # noqa: E402
-from dsae.evaluate import encode_frames  # noqa: E402
+from dsae.evaluate import encode_frames, in_view  # noqa: E402
 from dsae.spatial_softmax import to_pixels  # noqa: E402
 
 
@@ -47,17 +48,20 @@ def offsets(run: Path) -> dict[str, dict]:
                    size, size).numpy()  # (N, K, 2)
     out = {}
     for name in dataset.objects:
-        obj = dataset.pixels[name][rows]  # (N, 2)
+        seen = in_view(dataset.pixels[name][rows], size)  # frames where the object is in view, as keypoint_err_px
+        obj, kp_seen = dataset.pixels[name][rows][seen], kp[seen]  # (N, 2), (N, K, 2)
         index = metrics["keypoint_index"][name]
-        offset = kp[:, index] - obj
+        if index is None:  # never in view
+            continue
+        offset = kp_seen[:, index] - obj
         # Gain: the least-squares slope of the keypoint's position on the object's, per axis
         # (1: it moves as far as the object; None where the object does not move).
         spread = ((obj - obj.mean(0)) ** 2).sum(0)
-        gain = [float(((kp[:, index, a] - kp[:, index, a].mean()) * (obj[:, a] - obj[:, a].mean())).sum() / spread[a])
+        gain = [float(((kp_seen[:, index, a] - kp_seen[:, index, a].mean()) * (obj[:, a] - obj[:, a].mean())).sum() / spread[a])
                 if spread[a] > 1e-9 else None for a in (0, 1)]
         out[name] = {"keypoint_index": index, "best_err_px": float(np.linalg.norm(offset, axis=1).mean()),
                      "mean_offset_px": offset.mean(0).tolist(), "offset_std_px": offset.std(0).tolist(),
-                     "gain": gain, "nearest_any_px": float(np.linalg.norm(kp - obj[:, None], axis=-1).min(1).mean())}
+                     "gain": gain, "nearest_any_px": float(np.linalg.norm(kp_seen - obj[:, None], axis=-1).min(1).mean())}
     return out
 
 

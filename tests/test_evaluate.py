@@ -62,8 +62,18 @@ def test_best_keypoint_is_chosen_on_training_frames_and_scored_raw():
     kp_train[:, 2] = obj_train + [1.0, 0.0]  # keypoint 2 sits 1 px right of the object
     kp_test[:, 2] = obj_test + [0.0, 2.0]  # and 2 px below it on the held-out frames
     kp_test[:, 0] = obj_test  # a keypoint that is only good on the held-out frames is not chosen
-    index, err = best_keypoint(kp_train, obj_train, kp_test, obj_test)
+    index, err = best_keypoint(kp_train, obj_train, kp_test, obj_test, 64)
     assert index == 2 and err == pytest.approx(2.0)
+
+
+def test_best_keypoint_counts_only_frames_where_the_object_is_in_view():
+    from dsae.evaluate import best_keypoint
+
+    obj = np.array([[10.0, 10.0], [-5.0, 30.0], [30.0, 70.0], [50.0, 50.0]])  # the 2nd and 3rd out of a 64 px frame
+    kp = np.stack([obj + [1.0, 0.0], np.full((4, 2), 32.0)], axis=1)  # keypoint 0: 1 px off the object
+    kp[1:3, 0] = 0.0  # far off where the object is out of view: not counted
+    assert best_keypoint(kp, obj, kp, obj, 64) == (0, pytest.approx(1.0))
+    assert best_keypoint(kp, obj + 100, kp, obj + 100, 64) == (None, None)  # never in view
 
 
 def test_keypoint_statistics_on_hand_made_tracks():
