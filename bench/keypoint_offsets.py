@@ -48,8 +48,9 @@ def offsets(run: Path) -> dict[str, dict]:
                    size, size).numpy()  # (N, K, 2)
     out = {}
     for name in dataset.objects:
-        seen = in_view(dataset.pixels[name][rows], size)  # frames where the object is in view, as keypoint_err_px
-        obj, kp_seen = dataset.pixels[name][rows][seen], kp[seen]  # (N, 2), (N, K, 2)
+        obj = dataset.pixels[name][rows]  # (N, 2)
+        seen = in_view(obj, size)  # frames where the object is in view, as keypoint_err_px counts them
+        obj, kp_seen = obj[seen], kp[seen]  # (n, 2), (n, K, 2)
         index = metrics["keypoint_index"][name]
         if index is None:  # never in view
             continue

@@ -5,9 +5,9 @@ Images enter as uint8 (B, H, W, 3) and are converted once, here, to float (B, 3,
 or, with ``model.recon_color``, colour (B, 3, h, w):
 ``gaussian`` and ``fc`` from them alone, ``transport`` from the frame seen only through a
 window at each keypoint. The loss is the reconstruction error plus the smoothness term
-g_slow = ||(f_{t+1} - f_t) - (f_t - f_{t-1})||^2 on triples of consecutive frames, and
-optionally an equivariance term: the keypoints of a frame turned about its centre should be
-the frame's keypoints turned with it.
+g_slow = ||(f_{t+1} - f_t) - (f_t - f_{t-1})||^2 on triples of consecutive frames, and an
+equivariance term (``model.equivariance_weight``; 0 turns it off): the keypoints of a frame
+turned about its centre should be the frame's keypoints turned with it.
 """
 
 from __future__ import annotations
@@ -349,11 +349,12 @@ class DeepSpatialAutoencoder(nn.Module):
         set of statistics in training."""
         turns = max(1, len(x) // 3 // EQUIVARIANCE_SHARE)
         angles = (torch.rand(turns, device=x.device) * 2 - 1) * math.radians(self.cfg.equivariance_angle)
-        turned, rotation = rotate_frames(x[1:3 * turns:3], angles)
+        middle = slice(1, 3 * turns, 3)  # the middle frames of the first `turns` triples
+        turned, rotation = rotate_frames(x[middle], angles)
         features = self.encoder.features(torch.cat([x, turned]))
         keypoints, turned_keypoints = self.encoder.locate(features, x.shape[-2:]).split([len(x), turns])
         # Only keypoints that have found something (half their softmax mass within a cell of where
         # they sit) must turn with it; a diffuse one stays free to wait for an object to appear.
         with torch.no_grad():
-            found = self.encoder.softmax(features[1:3 * turns:3], return_presence=True).presence > 0.5
-        return keypoints, equivariance_error(turned_keypoints, keypoints[1:3 * turns:3], rotation, found)
+            found = self.encoder.softmax(features[middle], return_presence=True).presence > 0.5
+        return keypoints, equivariance_error(turned_keypoints, keypoints[middle], rotation, found)
