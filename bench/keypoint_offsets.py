@@ -1,19 +1,21 @@
 """Diagnostic: where a run's best single keypoint sits relative to each object.
 
-    python bench/keypoint_offsets.py RUN [RUN ...] [--out FILE]
+    python bench/keypoint_offsets.py RUN [RUN ...] [--out FILE] [--rings 8 20]
 
 For each ``scripts/train.py`` run folder and each labelled object, on the frames of the run's
-held-out episodes where the object is in view (as ``keypoint_err_px``):
-the best keypoint (``keypoint_index`` of its ``metrics.json``), its mean distance to the object,
-its mean offset (keypoint minus object, pixels) and the offset's spread (std per axis), and the
-mean over frames of the distance from the object to the nearest of *any* keypoint, and the best
-keypoint's gain: the slope of its position on the object's, per axis (1 when it moves exactly as
-far as the object; in ``model.keypoint_frame=grid`` a keypoint with a sharp softmax that follows
-an object moves 1.6 times as far at ``model=gaussian16``'s 21x21 feature maps). A best
-keypoint whose offset averages near zero but spreads wide follows a point beside the object that
-turns around it; a small nearest-of-any distance beside a large best-single error means the
-keypoints do cover the object but hand it from one to another. Prints a Markdown table; ``--out``
-also writes the figures as JSON.
+held-out episodes where the object is in view (as ``keypoint_err_px``): the best keypoint
+(``keypoint_index`` of its ``metrics.json``), its mean distance to the object, its mean offset
+(keypoint minus object, pixels) and the offset's spread (std per axis), the mean over frames of
+the distance from the object to the nearest of *any* keypoint, both distances again in rings of
+the object's distance from the image centre (``--rings``; Reacher's arm is based there, so a tip
+near the centre means a folded arm), and the best keypoint's gain: the slope of its position on
+the object's, per axis (1 when it moves exactly as far as the object; in
+``model.keypoint_frame=grid`` a keypoint with a sharp softmax that follows an object moves 1.6
+times as far at ``model=gaussian16``'s 21x21 feature maps). A best keypoint whose offset
+averages near zero but spreads wide follows a point beside the object that turns around it; a
+small nearest-of-any distance beside a large best-single error means the keypoints do cover the
+object but hand it from one to another. Prints a Markdown table; ``--out`` also writes the
+figures as JSON.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from dsae.evaluate import encode_frames, in_view  # noqa: E402
 from dsae.spatial_softmax import to_pixels  # noqa: E402
 
 
-def offsets(run: Path) -> dict[str, dict]:
+def offsets(run: Path, rings: list[float]) -> dict[str, dict]:
     """{object: figures} for one run (see the module docstring)."""
     metrics = json.loads((run / "metrics.json").read_text())
     model, state = load_model(run, "cpu")
@@ -55,6 +57,7 @@ def offsets(run: Path) -> dict[str, dict]:
         if index is None:  # never in view
             continue
         offset = kp_seen[:, index] - obj
+        nearest = np.linalg.norm(kp_seen - obj[:, None], axis=-1).min(1)  # (n,): the nearest of any keypoint
         # Gain: the least-squares slope of the keypoint's position on the object's, per axis
         # (1: it moves as far as the object; None where the object does not move).
         spread = ((obj - obj.mean(0)) ** 2).sum(0)
@@ -62,7 +65,23 @@ def offsets(run: Path) -> dict[str, dict]:
                 if spread[a] > 1e-9 else None for a in (0, 1)]
         out[name] = {"keypoint_index": index, "best_err_px": float(np.linalg.norm(offset, axis=1).mean()),
                      "mean_offset_px": offset.mean(0).tolist(), "offset_std_px": offset.std(0).tolist(),
-                     "gain": gain, "nearest_any_px": float(np.linalg.norm(kp_seen - obj[:, None], axis=-1).min(1).mean())}
+                     "gain": gain, "nearest_any_px": float(nearest.mean()),
+                     "by_centre_distance": by_ring(np.linalg.norm(offset, axis=1), nearest,
+                                                   np.linalg.norm(obj - (size - 1) / 2, axis=1), rings)}
+    return out
+
+
+def by_ring(error: np.ndarray, nearest: np.ndarray, radius: np.ndarray, rings: list[float]) -> list[dict]:
+    """The best keypoint's errors and the nearest keypoint's distances (N,) split by radius (N,)
+    at the ring edges ``rings`` (px): per ring its share of the frames and both means (None
+    where empty)."""
+    edges = [0.0, *rings, float("inf")]
+    out = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (radius >= low) & (radius < high)
+        out.append({"from_px": low, "to_px": high, "share": float(inside.mean()),
+                    "err_px": float(error[inside].mean()) if inside.any() else None,
+                    "nearest_any_px": float(nearest[inside].mean()) if inside.any() else None})
     return out
 
 
@@ -70,19 +89,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="scripts/train.py run folders")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
+    parser.add_argument("--rings", type=float, nargs="*", default=[8.0, 20.0],
+                        help="ring edges (px from the image centre) that split the best keypoint's error")
     args = parser.parse_args()
     for run in args.runs:
         if not (run / "metrics.json").exists():
             parser.error(f"{run} is not a finished scripts/train.py run (no metrics.json)")
-    result = {str(run): offsets(run) for run in args.runs}
-    print("| run | object | best keypoint | its error | mean offset | offset std | gain | nearest of any |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    result = {str(run): offsets(run, args.rings) for run in args.runs}
+    print("| run | object | best keypoint | its error | mean offset | offset std | gain | nearest of any | error (nearest of any) by distance from the centre |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run, objects in result.items():
         for name, f in objects.items():
             gain = ", ".join("—" if g is None else f"{g:.2f}" for g in f["gain"])
+            rings = "; ".join(f"{r['from_px']:g}–{r['to_px']:g} px ({r['share']:.0%}): "
+                              + ("—" if r["err_px"] is None else f"{r['err_px']:.1f} ({r['nearest_any_px']:.1f})")
+                              for r in f["by_centre_distance"])
             print(f"| {Path(run).parent.name}/{Path(run).name} | {name} | {f['keypoint_index']} | {f['best_err_px']:.1f} px | "
                   f"({f['mean_offset_px'][0]:.1f}, {f['mean_offset_px'][1]:.1f}) px | "
-                  f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | ({gain}) | {f['nearest_any_px']:.1f} px |")
+                  f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | ({gain}) | {f['nearest_any_px']:.1f} px | {rings} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

@@ -141,8 +141,25 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
     for name in ("fingertip", "target"):
         assert figures[name]["best_err_px"] == pytest.approx(metrics["keypoint_err_px"][name], rel=1e-4)
         assert figures[name]["nearest_any_px"] <= figures[name]["best_err_px"]
+        rings = figures[name]["by_centre_distance"]  # the default edges, 8 and 20 px: three rings
+        assert [r["from_px"] for r in rings] == [0, 8, 20] and sum(r["share"] for r in rings) == pytest.approx(1)
+        split = sum(r["share"] * r["err_px"] for r in rings if r["err_px"] is not None)
+        assert split == pytest.approx(figures[name]["best_err_px"], rel=1e-6)
+        assert all(r["nearest_any_px"] <= r["err_px"] for r in rings if r["err_px"] is not None)
     # Gain: a slope where the object moves; none for the target, still in the one held-out episode.
     assert all(isinstance(g, float) for g in figures["fingertip"]["gain"]) and figures["target"]["gain"] == [None, None]
+
+    # What the camera sees of each object; the best keypoint's error, split by it, as metrics.json gives it.
+    run("visibility.py", str(tmp_path / "kq" / "tiny" / "reacher-seed0"), "--out", str(tmp_path / "vis.json"))
+    (seen,) = json.loads((tmp_path / "vis.json").read_text()).values()
+    assert seen["restored_unlike_share"] < 0.05  # the stored state renders the stored frames again
+    for name in ("fingertip", "target"):
+        f = seen["objects"][name]
+        assert f["visible_px_mean"] > 0 and 0 <= f["hidden_share"] <= f["partly_hidden_share"] <= 1
+        n, err = f["frames"], f["best_err_px"]
+        split = sum(n[k] * err[k] for k in n if err[k] is not None) / sum(n.values())
+        assert split == pytest.approx(metrics["keypoint_err_px"][name], rel=1e-4)
+        assert f["probe_r2"]["all"] == pytest.approx(metrics["probe_r2"][name], abs=1e-4)
 
 
 def test_dataset_motion_diagnostic(tiny_dataset, tmp_path):
@@ -206,3 +223,33 @@ def test_step_cost_times_a_setting_against_the_default(tmp_path):
     assert result["overrides"] == ["model.equivariance_weight=0.01"]
     assert result["images_per_s"]["default"] > 0 and result["images_per_s"]["changed"] > 0
     assert result["ratio"] == result["images_per_s"]["changed"] / result["images_per_s"]["default"]
+
+
+def test_visibility_restores_a_frames_state_and_refuses_joints_a_dataset_does_not_store():
+    import importlib.util
+
+    from envs import make_env
+
+    spec = importlib.util.spec_from_file_location("visibility", REPO / "bench" / "visibility.py")
+    visibility = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(visibility)
+    env = make_env("reacher", image_size=32)
+    _, info = env.reset(seed=3)
+    for _ in range(5):
+        _, _, _, _, info = env.step(env.action_space.sample())
+    frame = env.render()
+
+    def unlike() -> float:
+        return float((abs(env.render().astype(int) - frame).sum(-1) > visibility.CHANGED).mean())
+
+    env.reset(seed=4)  # elsewhere; the restorer must bring back the step's pose and target
+    elsewhere = unlike()
+    visibility.restorer(env)(info["joint_state"], info["positions"])
+    assert env.data.xpos[env._bodies["target"]] == pytest.approx(info["positions"]["target"], abs=1e-9)
+    assert env.data.xpos[env._bodies["fingertip"]] == pytest.approx(info["positions"]["fingertip"], abs=1e-4)
+    assert unlike() <= 0.005 < elsewhere
+    env.close()
+    block = make_env("push_block")
+    with pytest.raises(SystemExit, match="does not store joint 'block_yaw'"):
+        visibility.restorer(block)
+    block.close()

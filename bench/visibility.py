@@ -1,0 +1,168 @@
+"""Diagnostic: how much of each object the camera sees, and a run's keypoint error by it.
+
+    python bench/visibility.py RUN [RUN ...] [--out FILE]
+
+For each ``scripts/train.py`` run folder, every held-out frame of its dataset is rendered again
+from the stored state (the robot's joints, and the labelled objects' slide joints) once as it
+was and once with each object's geoms made transparent; the pixels that change are the ones of
+that object the camera sees. Per object, over the frames where its centre is in view: the mean
+and least visible pixels, the share of frames where it is partly hidden (fewer than 80% of its
+median count, or none; wholly hidden included) and wholly hidden (none), and the error of the
+run's best single keypoint (as ``keypoint_err_px``) and of its linear probe (fit as
+``metrics.json``'s) where it is partly hidden and where not, with the probe's R² over all
+held-out frames (``metrics.json``'s ``probe_r2``) and over those where the object is in full
+view. Also the share of pixels that differ between a re-rendered frame and the stored one
+(median over frames), which says how faithfully the state was restored. A frame shows the body positions MuJoCo last computed: with
+the Euler and implicit integrators those from before the last substep moved the joints, so the
+stored joints are taken back by that substep (q - h * dq/dt); with RK4 those of the stored
+joints themselves.
+
+Scenes whose other joints the dataset does not store (a block's yaw, a free body) are refused,
+naming the joint. Prints a Markdown table; ``--out`` also writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dsae.api import load_model  # noqa: E402
+from dsae.config import from_dict  # noqa: E402
+from dsae.data import load_dataset  # noqa: E402
+from dsae.evaluate import apply_linear, encode_frames, fit_linear, in_view, probe_frames, r2_score  # noqa: E402
+from dsae.spatial_softmax import to_pixels  # noqa: E402
+from envs.scene import EnvConfig, make_env  # noqa: E402
+
+PARTLY = 0.8  # partly hidden: fewer visible pixels than this share of the object's median
+CHANGED = 30  # a pixel changes when its R + G + B move by more than this (of 765)
+
+
+def restorer(env):
+    """A function (joint_state (2J,), positions {object: (3,)}) -> None that puts the env's MuJoCo
+    state where a dataset frame shows it; SystemExit where the dataset cannot say."""
+    import mujoco
+
+    model, data = env.model, env.data
+    robot = set(int(j) for j in env.joint_ids)
+    slides = []  # (qpos address, object, axis, world position at qpos 0)
+    for name, body in env._bodies.items():
+        for j in np.flatnonzero(model.jnt_bodyid == body):
+            if int(model.jnt_type[j]) == int(mujoco.mjtJoint.mjJNT_SLIDE) and int(j) not in robot:
+                adr = model.jnt_qposadr[j]
+                slides.append((adr, name, model.jnt_axis[j].copy(), model.body_pos[body] - model.qpos0[adr] * model.jnt_axis[j]))
+    known = robot | {int(j) for j in range(model.njnt) if model.jnt_qposadr[j] in {s[0] for s in slides}}
+    for j in range(model.njnt):
+        if j not in known:
+            raise SystemExit(f"scene {env.config.name!r}: the dataset does not store joint "
+                             f"{mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j)!r}, so its frames cannot be rendered again")
+    count = len(env.joint_ids)
+    back = 0.0 if int(model.opt.integrator) == int(mujoco.mjtIntegrator.mjINT_RK4) else model.opt.timestep
+
+    def restore(joint_state: np.ndarray, positions: dict[str, np.ndarray]) -> None:
+        data.qpos[env._qpos] = joint_state[:count] - back * joint_state[count:]
+        for adr, name, axis, origin in slides:
+            data.qpos[adr] = float(np.dot(positions[name] - origin, axis))
+        mujoco.mj_forward(model, data)
+
+    return restore
+
+
+def visible_pixels(env, restore, dataset, rows: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+    """({object: visible pixels per frame (N,)}, median share of pixels unlike the stored frames)."""
+    model = env.model
+    geoms = {o: np.flatnonzero(model.geom_bodyid == b) for o, b in env._bodies.items()}
+    counts = {o: np.zeros(len(rows), dtype=np.int64) for o in geoms}
+    unlike = []
+    for n, row in enumerate(rows):
+        restore(dataset.joint_state[row], {o: dataset.positions[o][row] for o in dataset.objects})
+        frame = env.render().astype(np.int64)
+        unlike.append(float((np.abs(frame - dataset.frames[row]).sum(-1) > CHANGED).mean()))
+        for name, ids in geoms.items():
+            rgba = model.geom_rgba[ids].copy()
+            model.geom_rgba[ids, 3] = 0.0
+            counts[name][n] = int((np.abs(frame - env.render()).sum(-1) > CHANGED).sum())
+            model.geom_rgba[ids] = rgba
+    return counts, float(np.median(unlike))
+
+
+def visibility(run: Path) -> dict:
+    """The module docstring's figures for one run."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    model, state = load_model(run, "cpu")
+    cfg = from_dict(state["config"])
+    dataset = load_dataset(state["dataset"], episodes=cfg.data.episodes, verify=False)
+    env = make_env(EnvConfig(**dataset.manifest["settings"]["env"]))
+    env.reset(seed=0)
+    train_eps, test_eps = dataset.split(cfg.data.val_fraction)
+    rows, fit_rows = dataset.frame_indices(test_eps), probe_frames(dataset, train_eps, cfg.train.probe_frames, cfg.seed)
+    counts, unlike = visible_pixels(env, restorer(env), dataset, rows)
+    env.close()
+    size, cpu = dataset.image_size, torch.device("cpu")
+    kp_fit, kp = (encode_frames(model.encoder, dataset.frames, cpu, r) for r in (fit_rows, rows))
+    kp_px = to_pixels(torch.from_numpy(kp), size, size).numpy()  # (N, K, 2)
+    out = {"restored_unlike_share": unlike, "objects": {}}
+    for name in dataset.objects:
+        truth = dataset.pixels[name][rows]
+        weights = fit_linear(kp_fit.reshape(len(kp_fit), -1), dataset.pixels[name][fit_rows])
+        predicted = apply_linear(weights, kp.reshape(len(kp), -1))
+        probe_err = np.linalg.norm(predicted - truth, axis=1)
+        seen, visible = in_view(truth, size), counts[name]
+        # Partly hidden: under PARTLY of the median count, or none shown (all of an object whose own
+        # geoms are below a pixel, like Pusher's tips_arm, whose two 1 cm spheres never show).
+        partly = (visible < PARTLY * np.median(visible[seen]) if seen.any() else np.zeros_like(seen)) | (visible == 0)
+        index = metrics["keypoint_index"][name]
+        best_err = np.linalg.norm(kp_px[:, index] - truth, axis=1) if index is not None else None
+
+        def mean(values, mask):
+            return float(values[mask].mean()) if values is not None and mask.any() else None
+
+        out["objects"][name] = {
+            "visible_px_mean": float(visible[seen].mean()) if seen.any() else None,
+            "visible_px_min": int(visible[seen].min()) if seen.any() else None,
+            "partly_hidden_share": float(partly[seen].mean()) if seen.any() else None,
+            "hidden_share": float((visible[seen] == 0).mean()) if seen.any() else None,
+            "frames": {"visible": int((seen & ~partly).sum()), "partly_hidden": int((seen & partly).sum())},
+            "best_err_px": {"visible": mean(best_err, seen & ~partly), "partly_hidden": mean(best_err, seen & partly)},
+            "probe_err_px": {"visible": mean(probe_err, seen & ~partly), "partly_hidden": mean(probe_err, seen & partly)},
+            "probe_r2": {"all": r2_score(truth, predicted),
+                         "visible": r2_score(truth[seen & ~partly], predicted[seen & ~partly]) if (seen & ~partly).any() else None},
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="scripts/train.py run folders")
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args()
+    for run in args.runs:
+        if not (run / "metrics.json").exists():
+            parser.error(f"{run} is not a finished scripts/train.py run (no metrics.json)")
+    result = {str(run): visibility(run) for run in args.runs}
+
+    def fmt(value, unit=""):
+        return "—" if value is None else f"{value:.2f}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+    print("| run | object | visible px (mean, least) | partly hidden | hidden | best keypoint, visible / partly hidden | probe, visible / partly hidden | probe R², all / visible |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for run, figures in result.items():
+        for name, f in figures["objects"].items():
+            print(f"| {run} | {name} | {fmt(f['visible_px_mean'])}, {fmt(f['visible_px_min'])} | {fmt(f['partly_hidden_share'])} | "
+                  f"{fmt(f['hidden_share'])} | {fmt(f['best_err_px']['visible'], ' px')} / {fmt(f['best_err_px']['partly_hidden'], ' px')} | "
+                  f"{fmt(f['probe_err_px']['visible'], ' px')} / {fmt(f['probe_err_px']['partly_hidden'], ' px')} | "
+                  f"{fmt(f['probe_r2']['all'])} / {fmt(f['probe_r2']['visible'])} |")
+        print(f"(re-rendered frames unlike the stored ones: {figures['restored_unlike_share']:.1%} of pixels, median)")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
