@@ -12,10 +12,10 @@ run's best single keypoint (as ``keypoint_err_px``) and of its linear probe (fit
 ``metrics.json``'s) where it is partly hidden and where not, with the probe's R² over all
 held-out frames (``metrics.json``'s ``probe_r2``) and over those where the object is in full
 view. Also the share of pixels that differ between a re-rendered frame and the stored one
-(median over frames), which says how faithfully the state was restored. A frame shows the body positions MuJoCo last computed: with
-the Euler and implicit integrators those from before the last substep moved the joints, so the
-stored joints are taken back by that substep (q - h * dq/dt); with RK4 those of the stored
-joints themselves.
+(median over frames), which says how faithfully the state was restored. A frame shows the body
+positions MuJoCo last computed: with the Euler and implicit integrators those from before the
+last substep moved the joints, so the stored joints are taken back by that substep
+(q - h * dq/dt); with RK4 those of the stored joints themselves.
 
 Scenes whose other joints the dataset does not store (a block's yaw, a free body) are refused,
 naming the joint. Prints a Markdown table; ``--out`` also writes the figures as JSON.
@@ -57,12 +57,14 @@ def restorer(env):
         for j in np.flatnonzero(model.jnt_bodyid == body):
             if int(model.jnt_type[j]) == int(mujoco.mjtJoint.mjJNT_SLIDE) and int(j) not in robot:
                 adr = model.jnt_qposadr[j]
-                slides.append((adr, name, model.jnt_axis[j].copy(), model.body_pos[body] - model.qpos0[adr] * model.jnt_axis[j]))
+                origin = model.body_pos[body] - model.qpos0[adr] * model.jnt_axis[j]
+                slides.append((adr, name, model.jnt_axis[j].copy(), origin))
     known = robot | {int(j) for j in range(model.njnt) if model.jnt_qposadr[j] in {s[0] for s in slides}}
     for j in range(model.njnt):
         if j not in known:
-            raise SystemExit(f"scene {env.config.name!r}: the dataset does not store joint "
-                             f"{mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j)!r}, so its frames cannot be rendered again")
+            joint = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j)
+            raise SystemExit(f"scene {env.config.name!r}: the dataset does not store joint {joint!r}, "
+                             "so its frames cannot be rendered again")
     count = len(env.joint_ids)
     back = 0.0 if int(model.opt.integrator) == int(mujoco.mjtIntegrator.mjINT_RK4) else model.opt.timestep
 
@@ -110,32 +112,37 @@ def visibility(run: Path) -> dict:
     kp_px = to_pixels(torch.from_numpy(kp), size, size).numpy()  # (N, K, 2)
     out = {"restored_unlike_share": unlike, "objects": {}}
     for name in dataset.objects:
-        truth = dataset.pixels[name][rows]
+        truth = dataset.pixels[name][rows]  # (N, 2)
         weights = fit_linear(kp_fit.reshape(len(kp_fit), -1), dataset.pixels[name][fit_rows])
-        predicted = apply_linear(weights, kp.reshape(len(kp), -1))
-        probe_err = np.linalg.norm(predicted - truth, axis=1)
-        seen, visible = in_view(truth, size), counts[name]
-        # Partly hidden: under PARTLY of the median count, or none shown (all of an object whose own
-        # geoms are below a pixel, like Pusher's tips_arm, whose two 1 cm spheres never show).
-        partly = (visible < PARTLY * np.median(visible[seen]) if seen.any() else np.zeros_like(seen)) | (visible == 0)
+        predicted = apply_linear(weights, kp.reshape(len(kp), -1))  # (N, 2)
         index = metrics["keypoint_index"][name]
-        best_err = np.linalg.norm(kp_px[:, index] - truth, axis=1) if index is not None else None
-
-        def mean(values, mask):
-            return float(values[mask].mean()) if values is not None and mask.any() else None
-
-        out["objects"][name] = {
-            "visible_px_mean": float(visible[seen].mean()) if seen.any() else None,
-            "visible_px_min": int(visible[seen].min()) if seen.any() else None,
-            "partly_hidden_share": float(partly[seen].mean()) if seen.any() else None,
-            "hidden_share": float((visible[seen] == 0).mean()) if seen.any() else None,
-            "frames": {"visible": int((seen & ~partly).sum()), "partly_hidden": int((seen & partly).sum())},
-            "best_err_px": {"visible": mean(best_err, seen & ~partly), "partly_hidden": mean(best_err, seen & partly)},
-            "probe_err_px": {"visible": mean(probe_err, seen & ~partly), "partly_hidden": mean(probe_err, seen & partly)},
-            "probe_r2": {"all": r2_score(truth, predicted),
-                         "visible": r2_score(truth[seen & ~partly], predicted[seen & ~partly]) if (seen & ~partly).any() else None},
-        }
+        best = None if index is None else kp_px[:, index]
+        out["objects"][name] = object_figures(truth, predicted, best, counts[name], size)
     return out
+
+
+def object_figures(truth: np.ndarray, predicted: np.ndarray, best: np.ndarray | None, visible: np.ndarray,
+                   size: int) -> dict:
+    """One object's figures from its pixel positions, the probe's predictions and the best
+    keypoint's positions (N, 2) (None: never in view) and its visible pixels (N,)."""
+    seen = in_view(truth, size)
+    # Partly hidden: under PARTLY of the median count, or none shown (as for an object whose own
+    # geoms lie inside others, like Pusher's tips_arm, whose two spheres sit inside the prongs).
+    partly = (visible < PARTLY * (np.median(visible[seen]) if seen.any() else 0.0)) | (visible == 0)
+    full, part = seen & ~partly, seen & partly
+    probe_err = np.linalg.norm(predicted - truth, axis=1)
+    best_err = None if best is None else np.linalg.norm(best - truth, axis=1)
+
+    def mean(values, mask):
+        return float(values[mask].mean()) if values is not None and mask.any() else None
+
+    return {"visible_px_mean": mean(visible, seen), "visible_px_min": int(visible[seen].min()) if seen.any() else None,
+            "partly_hidden_share": mean(partly, seen), "hidden_share": mean(visible == 0, seen),
+            "frames": {"visible": int(full.sum()), "partly_hidden": int(part.sum())},
+            "best_err_px": {"visible": mean(best_err, full), "partly_hidden": mean(best_err, part)},
+            "probe_err_px": {"visible": mean(probe_err, full), "partly_hidden": mean(probe_err, part)},
+            "probe_r2": {"all": r2_score(truth, predicted),
+                         "visible": r2_score(truth[full], predicted[full]) if full.any() else None}}
 
 
 def main() -> None:
@@ -151,14 +158,16 @@ def main() -> None:
     def fmt(value, unit=""):
         return "—" if value is None else f"{value:.2f}{unit}" if isinstance(value, float) else f"{value}{unit}"
 
-    print("| run | object | visible px (mean, least) | partly hidden | hidden | best keypoint, visible / partly hidden | probe, visible / partly hidden | probe R², all / visible |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    columns = ["run", "object", "visible px (mean, least)", "partly hidden", "hidden",
+               "best keypoint, visible / partly hidden", "probe, visible / partly hidden", "probe R², all / visible"]
+    print("| " + " | ".join(columns) + " |\n|" + " --- |" * len(columns))
     for run, figures in result.items():
         for name, f in figures["objects"].items():
-            print(f"| {run} | {name} | {fmt(f['visible_px_mean'])}, {fmt(f['visible_px_min'])} | {fmt(f['partly_hidden_share'])} | "
-                  f"{fmt(f['hidden_share'])} | {fmt(f['best_err_px']['visible'], ' px')} / {fmt(f['best_err_px']['partly_hidden'], ' px')} | "
-                  f"{fmt(f['probe_err_px']['visible'], ' px')} / {fmt(f['probe_err_px']['partly_hidden'], ' px')} | "
-                  f"{fmt(f['probe_r2']['all'])} / {fmt(f['probe_r2']['visible'])} |")
+            cells = [run, name, f"{fmt(f['visible_px_mean'])}, {fmt(f['visible_px_min'])}", fmt(f["partly_hidden_share"]),
+                     fmt(f["hidden_share"]), *(" / ".join(fmt(f[key][part], unit) for part in ("visible", "partly_hidden"))
+                                               for key, unit in (("best_err_px", " px"), ("probe_err_px", " px"))),
+                     f"{fmt(f['probe_r2']['all'])} / {fmt(f['probe_r2']['visible'])}"]
+            print("| " + " | ".join(cells) + " |")
         print(f"(re-rendered frames unlike the stored ones: {figures['restored_unlike_share']:.1%} of pixels, median)")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
