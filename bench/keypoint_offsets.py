@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="scripts/train.py run folders")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--rings", type=float, nargs="*", default=[8.0, 20.0],
-                        help="ring edges (px from the image centre) that split the best keypoint's error")
+                        help="ring edges (px from the image centre) at which the distances are split again")
     args = parser.parse_args()
     for run in args.runs:
         if not (run / "metrics.json").exists():
