@@ -51,15 +51,17 @@ def restorer(env):
     import mujoco
 
     model, data = env.model, env.data
-    robot = set(int(j) for j in env.joint_ids)
+    known = set(int(j) for j in env.joint_ids)  # the robot's, then the objects' slide joints
     slides = []  # (qpos address, object, axis, world position at qpos 0)
     for name, body in env._bodies.items():
         for j in np.flatnonzero(model.jnt_bodyid == body):
-            if int(model.jnt_type[j]) == int(mujoco.mjtJoint.mjJNT_SLIDE) and int(j) not in robot:
+            # A slide joint of an object placed in the world frame: its value follows from the position.
+            if int(model.jnt_type[j]) == int(mujoco.mjtJoint.mjJNT_SLIDE) and int(j) not in known \
+                    and int(model.body_parentid[body]) == 0:
                 adr = model.jnt_qposadr[j]
                 origin = model.body_pos[body] - model.qpos0[adr] * model.jnt_axis[j]
                 slides.append((adr, name, model.jnt_axis[j].copy(), origin))
-    known = robot | {int(j) for j in range(model.njnt) if model.jnt_qposadr[j] in {s[0] for s in slides}}
+                known.add(int(j))
     for j in range(model.njnt):
         if j not in known:
             joint = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j)
