@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,22 +33,47 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dsae.api import load_model  # noqa: E402
-from dsae.config import from_dict  # noqa: E402
-from dsae.data import load_dataset  # noqa: E402
+from dsae.config import Config, from_dict  # noqa: E402
+from dsae.data import Dataset, load_dataset  # noqa: E402
 from dsae.evaluate import encode_frames, in_view  # noqa: E402
 from dsae.spatial_softmax import to_pixels  # noqa: E402
 
 
-def offsets(run: Path, rings: list[float]) -> dict[str, dict]:
-    """{object: figures} for one run (see the module docstring)."""
+class HeldOut(NamedTuple):
+    """A finished run and its dataset, with the keypoints of the held-out frames."""
+
+    metrics: dict  # its metrics.json
+    model: torch.nn.Module
+    cfg: Config
+    dataset: Dataset
+    train_eps: np.ndarray  # (E,) the training episodes
+    rows: np.ndarray  # (N,) the held-out frames' rows in the dataset
+    kp: np.ndarray  # (N, K, 2) their keypoints, normalised to [-1, 1]
+
+    @property
+    def kp_px(self) -> np.ndarray:
+        """The held-out keypoints (N, K, 2) in pixels."""
+        size = self.dataset.image_size
+        return to_pixels(torch.from_numpy(self.kp), size, size).numpy()
+
+
+def held_out(run: Path) -> HeldOut:
+    """Open a ``scripts/train.py`` run folder on the CPU and encode its held-out frames."""
     metrics = json.loads((run / "metrics.json").read_text())
     model, state = load_model(run, "cpu")
     cfg = from_dict(state["config"])
     dataset = load_dataset(state["dataset"], episodes=cfg.data.episodes, verify=False)
-    rows = dataset.frame_indices(dataset.split(cfg.data.val_fraction)[1])
+    train_eps, test_eps = dataset.split(cfg.data.val_fraction)
+    rows = dataset.frame_indices(test_eps)
+    return HeldOut(metrics, model, cfg, dataset, train_eps, rows,
+                   encode_frames(model.encoder, dataset.frames, torch.device("cpu"), rows))
+
+
+def offsets(run: Path, rings: list[float]) -> dict[str, dict]:
+    """{object: figures} for one run (see the module docstring)."""
+    opened = held_out(run)
+    metrics, dataset, rows, kp = opened.metrics, opened.dataset, opened.rows, opened.kp_px
     size = dataset.image_size
-    kp = to_pixels(torch.from_numpy(encode_frames(model.encoder, dataset.frames, torch.device("cpu"), rows)),
-                   size, size).numpy()  # (N, K, 2)
     out = {}
     for name in dataset.objects:
         obj = dataset.pixels[name][rows]  # (N, 2)
@@ -57,17 +83,17 @@ def offsets(run: Path, rings: list[float]) -> dict[str, dict]:
         if index is None:  # never in view
             continue
         offset = kp_seen[:, index] - obj
+        error = np.linalg.norm(offset, axis=1)  # (n,): the best keypoint's
         nearest = np.linalg.norm(kp_seen - obj[:, None], axis=-1).min(1)  # (n,): the nearest of any keypoint
         # Gain: the least-squares slope of the keypoint's position on the object's, per axis
         # (1: it moves as far as the object; None where the object does not move).
         spread = ((obj - obj.mean(0)) ** 2).sum(0)
         gain = [float(((kp_seen[:, index, a] - kp_seen[:, index, a].mean()) * (obj[:, a] - obj[:, a].mean())).sum() / spread[a])
                 if spread[a] > 1e-9 else None for a in (0, 1)]
-        out[name] = {"keypoint_index": index, "best_err_px": float(np.linalg.norm(offset, axis=1).mean()),
+        out[name] = {"keypoint_index": index, "best_err_px": float(error.mean()),
                      "mean_offset_px": offset.mean(0).tolist(), "offset_std_px": offset.std(0).tolist(),
                      "gain": gain, "nearest_any_px": float(nearest.mean()),
-                     "by_centre_distance": by_ring(np.linalg.norm(offset, axis=1), nearest,
-                                                   np.linalg.norm(obj - (size - 1) / 2, axis=1), rings)}
+                     "by_centre_distance": by_ring(error, nearest, np.linalg.norm(obj - (size - 1) / 2, axis=1), rings)}
     return out
 
 

@@ -34,12 +34,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dsae.api import load_model  # noqa: E402
-from dsae.config import from_dict  # noqa: E402
-from dsae.data import load_dataset  # noqa: E402
+sys.path.insert(0, str(REPO / "bench"))
+
 from dsae.evaluate import apply_linear, encode_frames, fit_linear, in_view, probe_frames, r2_score  # noqa: E402
-from dsae.spatial_softmax import to_pixels  # noqa: E402
 from envs.scene import EnvConfig, make_env  # noqa: E402
+from keypoint_offsets import held_out  # noqa: E402
 
 PARTLY = 0.8  # partly hidden: fewer visible pixels than this share of the object's median
 CHANGED = 30  # a pixel changes when its R + G + B move by more than this (of 765)
@@ -99,27 +98,23 @@ def visible_pixels(env, restore, dataset, rows: np.ndarray) -> tuple[dict[str, n
 
 def visibility(run: Path) -> dict:
     """The module docstring's figures for one run."""
-    metrics = json.loads((run / "metrics.json").read_text())
-    model, state = load_model(run, "cpu")
-    cfg = from_dict(state["config"])
-    dataset = load_dataset(state["dataset"], episodes=cfg.data.episodes, verify=False)
+    opened = held_out(run)
+    dataset, rows, cfg, kp_px = opened.dataset, opened.rows, opened.cfg, opened.kp_px
     env = make_env(EnvConfig(**dataset.manifest["settings"]["env"]))
     env.reset(seed=0)
-    train_eps, test_eps = dataset.split(cfg.data.val_fraction)
-    rows, fit_rows = dataset.frame_indices(test_eps), probe_frames(dataset, train_eps, cfg.train.probe_frames, cfg.seed)
     counts, unlike = visible_pixels(env, restorer(env), dataset, rows)
     env.close()
-    size, cpu = dataset.image_size, torch.device("cpu")
-    kp_fit, kp = (encode_frames(model.encoder, dataset.frames, cpu, r) for r in (fit_rows, rows))
-    kp_px = to_pixels(torch.from_numpy(kp), size, size).numpy()  # (N, K, 2)
+    # The linear probe as metrics.json fits it (dsae.evaluate.probe), kept here for its predictions.
+    fit_rows = probe_frames(dataset, opened.train_eps, cfg.train.probe_frames, cfg.seed)
+    kp_fit = encode_frames(opened.model.encoder, dataset.frames, torch.device("cpu"), fit_rows).reshape(len(fit_rows), -1)
+    kp = opened.kp.reshape(len(rows), -1)
     out = {"restored_unlike_share": unlike, "objects": {}}
     for name in dataset.objects:
         truth = dataset.pixels[name][rows]  # (N, 2)
-        weights = fit_linear(kp_fit.reshape(len(kp_fit), -1), dataset.pixels[name][fit_rows])
-        predicted = apply_linear(weights, kp.reshape(len(kp), -1))  # (N, 2)
-        index = metrics["keypoint_index"][name]
+        predicted = apply_linear(fit_linear(kp_fit, dataset.pixels[name][fit_rows]), kp)  # (N, 2)
+        index = opened.metrics["keypoint_index"][name]
         best = None if index is None else kp_px[:, index]
-        out["objects"][name] = object_figures(truth, predicted, best, counts[name], size)
+        out["objects"][name] = object_figures(truth, predicted, best, counts[name], dataset.image_size)
     return out
 
 

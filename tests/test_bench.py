@@ -226,13 +226,10 @@ def test_step_cost_times_a_setting_against_the_default(tmp_path):
 
 
 def test_visibility_restores_a_frames_state_and_refuses_joints_a_dataset_does_not_store():
-    import importlib.util
-
     from envs import make_env
 
-    spec = importlib.util.spec_from_file_location("visibility", REPO / "bench" / "visibility.py")
-    visibility = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(visibility)
+    sys.path.insert(0, str(REPO / "bench"))  # bench/ scripts import their siblings, as when run
+    import visibility
     env = make_env("reacher", image_size=32)
     _, info = env.reset(seed=3)
     for _ in range(5):
