@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# The suite runs on every core (pytest-xdist); tests conftest.py splits torch's threads among them.
+PYTEST := $(PY) -m pytest -n auto --dist worksteal
 
 .PHONY: setup train test test-fast bench clean
 
@@ -25,10 +27,10 @@ train: $(STAMP)
 	$(PY) scripts/train.py env=reacher $(ARGS)
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-fast: $(TEST_STAMP)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 bench: $(TEST_STAMP)
 	$(PY) bench/spatial_softmax.py
