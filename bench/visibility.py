@@ -78,22 +78,33 @@ def restorer(env):
     return restore
 
 
-def visible_pixels(env, restore, dataset, rows: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
-    """({object: visible pixels per frame (N,)}, median share of pixels unlike the stored frames)."""
+def visible_pixels(env, restore, dataset, rows: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
+    """({object: visible pixels per frame (N,)}, {object: their centroid (N, 2) in pixels, x then
+    y, NaN where none shows}, median share of pixels unlike the stored frames). An object's pixels
+    are counted on frames drawn without shadows and reflections, so that only its own surface
+    counts, not the shadow it casts."""
     model = env.model
     geoms = {o: np.flatnonzero(model.geom_bodyid == b) for o, b in env._bodies.items()}
     counts = {o: np.zeros(len(rows), dtype=np.int64) for o in geoms}
+    centroids = {o: np.full((len(rows), 2), np.nan) for o in geoms}
+    lights, reflectance = model.light_castshadow.copy(), model.mat_reflectance.copy()
     unlike = []
     for n, row in enumerate(rows):
         restore(dataset.joint_state[row], {o: dataset.positions[o][row] for o in dataset.objects})
         frame = env.render().astype(np.int64)
         unlike.append(float((np.abs(frame - dataset.frames[row]).sum(-1) > CHANGED).mean()))
+        model.light_castshadow[:], model.mat_reflectance[:] = 0, 0.0
+        plain = env.render().astype(np.int64)
         for name, ids in geoms.items():
             rgba = model.geom_rgba[ids].copy()
             model.geom_rgba[ids, 3] = 0.0
-            counts[name][n] = int((np.abs(frame - env.render()).sum(-1) > CHANGED).sum())
+            y, x = np.nonzero(np.abs(plain - env.render()).sum(-1) > CHANGED)
             model.geom_rgba[ids] = rgba
-    return counts, float(np.median(unlike))
+            counts[name][n] = len(x)
+            if len(x):
+                centroids[name][n] = x.mean(), y.mean()
+        model.light_castshadow[:], model.mat_reflectance[:] = lights, reflectance
+    return counts, centroids, float(np.median(unlike))
 
 
 def visibility(run: Path) -> dict:
@@ -102,7 +113,7 @@ def visibility(run: Path) -> dict:
     dataset, rows, cfg, kp_px = opened.dataset, opened.rows, opened.cfg, opened.kp_px
     env = make_env(EnvConfig(**dataset.manifest["settings"]["env"]))
     env.reset(seed=0)
-    counts, unlike = visible_pixels(env, restorer(env), dataset, rows)
+    counts, centroids, unlike = visible_pixels(env, restorer(env), dataset, rows)
     env.close()
     # The linear probe as metrics.json fits it (dsae.evaluate.probe), kept here for its predictions.
     fit_rows = probe_frames(dataset, opened.train_eps, cfg.train.probe_frames, cfg.seed)
@@ -114,14 +125,20 @@ def visibility(run: Path) -> dict:
         predicted = apply_linear(fit_linear(kp_fit, dataset.pixels[name][fit_rows]), kp)  # (N, 2)
         index = opened.metrics["keypoint_index"][name]
         best = None if index is None else kp_px[:, index]
-        out["objects"][name] = object_figures(truth, predicted, best, counts[name], dataset.image_size)
+        out["objects"][name] = object_figures(truth, predicted, best, counts[name], centroids[name],
+                                               dataset.image_size)
     return out
 
 
 def object_figures(truth: np.ndarray, predicted: np.ndarray, best: np.ndarray | None, visible: np.ndarray,
-                   size: int) -> dict:
+                   centroid: np.ndarray, size: int) -> dict:
     """One object's figures from its pixel positions, the probe's predictions and the best
-    keypoint's positions (N, 2) (None: never in view) and its visible pixels (N,)."""
+    keypoint's positions (N, 2) (None: never in view), its visible pixels (N,) and their
+    centroid (N, 2) (NaN where none shows).
+
+    ``centroid_err_px`` and ``centroid_r2`` score the centroid of the visible pixels as if it were
+    a keypoint: what a keypoint sitting exactly on the part of the object the camera sees would
+    get (the R² over the in-view frames where any of it shows)."""
     seen = in_view(truth, size)
     # Partly hidden: under PARTLY of the median count, or none shown (as for an object whose own
     # geoms lie inside others, like Pusher's tips_arm, whose two spheres sit inside the prongs).
@@ -129,6 +146,8 @@ def object_figures(truth: np.ndarray, predicted: np.ndarray, best: np.ndarray | 
     full, part = seen & ~partly, seen & partly
     probe_err = np.linalg.norm(predicted - truth, axis=1)
     best_err = None if best is None else np.linalg.norm(best - truth, axis=1)
+    shows = seen & (visible > 0)
+    centroid_err = np.linalg.norm(np.nan_to_num(centroid) - truth, axis=1)
 
     def mean(values, mask):
         return float(values[mask].mean()) if values is not None and mask.any() else None
@@ -139,7 +158,9 @@ def object_figures(truth: np.ndarray, predicted: np.ndarray, best: np.ndarray | 
             "best_err_px": {"visible": mean(best_err, full), "partly_hidden": mean(best_err, part)},
             "probe_err_px": {"visible": mean(probe_err, full), "partly_hidden": mean(probe_err, part)},
             "probe_r2": {"all": r2_score(truth, predicted),
-                         "visible": r2_score(truth[full], predicted[full]) if full.any() else None}}
+                         "visible": r2_score(truth[full], predicted[full]) if full.any() else None},
+            "centroid_err_px": {"visible": mean(centroid_err, full), "partly_hidden": mean(centroid_err, part & shows)},
+            "centroid_r2": r2_score(truth[shows], centroid[shows]) if shows.any() else None}
 
 
 def main() -> None:
@@ -156,14 +177,17 @@ def main() -> None:
         return "—" if value is None else f"{value:.2f}{unit}" if isinstance(value, float) else f"{value}{unit}"
 
     columns = ["run", "object", "visible px (mean, least)", "partly hidden", "hidden",
-               "best keypoint, visible / partly hidden", "probe, visible / partly hidden", "probe R², all / visible"]
+               "best keypoint, visible / partly hidden", "probe, visible / partly hidden", "probe R², all / visible",
+               "visible pixels' centroid, visible / partly hidden", "centroid R²"]
     print("| " + " | ".join(columns) + " |\n|" + " --- |" * len(columns))
     for run, figures in result.items():
         for name, f in figures["objects"].items():
             cells = [run, name, f"{fmt(f['visible_px_mean'])}, {fmt(f['visible_px_min'])}", fmt(f["partly_hidden_share"]),
                      fmt(f["hidden_share"]), *(" / ".join(fmt(f[key][part], unit) for part in ("visible", "partly_hidden"))
                                                for key, unit in (("best_err_px", " px"), ("probe_err_px", " px"))),
-                     f"{fmt(f['probe_r2']['all'])} / {fmt(f['probe_r2']['visible'])}"]
+                     f"{fmt(f['probe_r2']['all'])} / {fmt(f['probe_r2']['visible'])}",
+                     " / ".join(fmt(f["centroid_err_px"][part], " px") for part in ("visible", "partly_hidden")),
+                     fmt(f["centroid_r2"])]
             print("| " + " | ".join(cells) + " |")
         print(f"(re-rendered frames unlike the stored ones: {figures['restored_unlike_share']:.1%} of pixels, median)")
     if args.out:

@@ -160,6 +160,9 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
         split = sum(n[k] * err[k] for k in n if err[k] is not None) / sum(n.values())
         assert split == pytest.approx(metrics["keypoint_err_px"][name], rel=1e-4)
         assert f["probe_r2"]["all"] == pytest.approx(metrics["probe_r2"][name], abs=1e-4)
+        # The centroid of the pixels it shows sits on its labelled centre (x then y, as the labels).
+        assert f["centroid_err_px"]["visible"] < 1.0
+    assert seen["objects"]["fingertip"]["centroid_r2"] > 0.95
 
 
 def test_dataset_motion_diagnostic(tiny_dataset, tmp_path):
