@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 sys.path.insert(0, str(REPO / "bench"))
 
-from dsae.evaluate import apply_linear, encode_frames, fit_linear, in_view, probe_frames, r2_score  # noqa: E402
+from dsae.evaluate import encode_frames, in_view, probe_frames, probe_predictions, r2_score  # noqa: E402
 from envs.scene import EnvConfig, make_env  # noqa: E402
 from keypoint_offsets import held_out  # noqa: E402
 
@@ -115,18 +115,16 @@ def visibility(run: Path) -> dict:
     env.reset(seed=0)
     counts, centroids, unlike = visible_pixels(env, restorer(env), dataset, rows)
     env.close()
-    # The linear probe as metrics.json fits it (dsae.evaluate.probe), kept here for its predictions.
+    # The linear probe as metrics.json fits it (dsae.evaluate.probe), for its predictions.
     fit_rows = probe_frames(dataset, opened.train_eps, cfg.train.probe_frames, cfg.seed)
-    kp_fit = encode_frames(opened.model.encoder, dataset.frames, torch.device("cpu"), fit_rows).reshape(len(fit_rows), -1)
-    kp = opened.kp.reshape(len(rows), -1)
+    kp_fit = encode_frames(opened.model.encoder, dataset.frames, torch.device("cpu"), fit_rows)
+    predicted = probe_predictions(kp_fit, {o: dataset.pixels[o][fit_rows] for o in dataset.objects}, opened.kp)
     out = {"restored_unlike_share": unlike, "objects": {}}
     for name in dataset.objects:
-        truth = dataset.pixels[name][rows]  # (N, 2)
-        predicted = apply_linear(fit_linear(kp_fit, dataset.pixels[name][fit_rows]), kp)  # (N, 2)
         index = opened.metrics["keypoint_index"][name]
         best = None if index is None else kp_px[:, index]
-        out["objects"][name] = object_figures(truth, predicted, best, counts[name], centroids[name],
-                                               dataset.image_size)
+        out["objects"][name] = object_figures(dataset.pixels[name][rows], predicted[name], best, counts[name],
+                                              centroids[name], dataset.image_size)
     return out
 
 

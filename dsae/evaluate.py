@@ -83,17 +83,24 @@ def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> Optional[float]:
     return float(1.0 - ((y_true - y_pred) ** 2).sum() / total)
 
 
-def linear_probe(kp_train: np.ndarray, targets_train: dict[str, np.ndarray],
-                 kp_test: np.ndarray, targets_test: dict[str, np.ndarray]) -> dict[str, Optional[float]]:
-    """Fit on train, score on test. kp: (N, K, 2); targets: name -> (N, M). Returns r2 and err."""
+def probe_predictions(kp_train: np.ndarray, targets_train: dict[str, np.ndarray],
+                      kp_test: np.ndarray) -> dict[str, np.ndarray]:
+    """The linear probe: a map from all keypoints (N, K, 2) to each target (name -> (N, M)),
+    fit on train and applied to kp_test (N', K, 2) -> name -> (N', M)."""
     if not targets_train:
         return {}
     w = fit_linear(kp_train.reshape(len(kp_train), -1), np.concatenate(list(targets_train.values()), axis=1))
     pred = apply_linear(w, kp_test.reshape(len(kp_test), -1))
-    out, col = {}, 0
-    for name, truth in targets_test.items():
-        p = pred[:, col:col + truth.shape[1]]
-        col += truth.shape[1]
+    columns = np.cumsum([0] + [t.shape[1] for t in targets_train.values()])
+    return {name: pred[:, a:b] for name, a, b in zip(targets_train, columns[:-1], columns[1:])}
+
+
+def linear_probe(kp_train: np.ndarray, targets_train: dict[str, np.ndarray],
+                 kp_test: np.ndarray, targets_test: dict[str, np.ndarray]) -> dict[str, Optional[float]]:
+    """Fit on train, score on test. kp: (N, K, 2); targets: name -> (N, M). Returns r2 and err."""
+    out = {}
+    for name, p in probe_predictions(kp_train, targets_train, kp_test).items():
+        truth = targets_test[name]
         out[f"r2_{name}"] = r2_score(truth, p)
         out[f"err_{name}"] = float(np.linalg.norm(truth - p, axis=1).mean())
     return out

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsae.evaluate import fit_linear, apply_linear, linear_probe, probe_dataset, r2_score
+from dsae.evaluate import fit_linear, apply_linear, linear_probe, probe_dataset, probe_predictions, r2_score
 
 
 def test_fit_linear_recovers_affine_map():
@@ -32,6 +32,19 @@ def test_probe_scores_informative_and_useless_keypoints():
     res_noise = linear_probe(noise[:1500], {"o": pos[:1500]}, noise[1500:], {"o": pos[1500:]})
     assert res_good["r2_o"] > 0.999 and res_good["err_o"] < 1e-3
     assert res_noise["r2_o"] < 0.05 and res_noise["err_o"] > 15
+
+
+def test_probe_predictions_split_a_joint_fit_into_each_targets_columns():
+    """Fitting two targets at once predicts each as fitting it alone does (least squares is per column)."""
+    rng = np.random.default_rng(2)
+    kp = rng.uniform(-1, 1, size=(300, 3, 2))
+    a, b = kp[:, 0] * 20 + 30, np.concatenate([kp[:, 1] * 5, kp[:, 2, :1]], axis=1)  # (300, 2), (300, 3)
+    both = probe_predictions(kp[:200], {"a": a[:200], "b": b[:200]}, kp[200:])
+    assert [p.shape for p in both.values()] == [(100, 2), (100, 3)]
+    for name, y in (("a", a), ("b", b)):
+        np.testing.assert_allclose(both[name], probe_predictions(kp[:200], {name: y[:200]}, kp[200:])[name], atol=1e-9)
+        np.testing.assert_allclose(both[name], y[200:], atol=1e-4)
+    assert probe_predictions(kp, {}, kp) == {}
 
 
 def test_probe_on_a_dataset_with_an_oracle_encoder(tiny_dataset):
