@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-# The suite runs on every core (pytest-xdist); tests conftest.py splits torch's threads among them.
+# The suite runs on every core (pytest-xdist); tests/conftest.py splits torch's threads among them.
 PYTEST := $(PY) -m pytest -n auto --dist worksteal
 
 .PHONY: setup train test test-fast bench clean

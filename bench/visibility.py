@@ -11,7 +11,10 @@ median count, or none; wholly hidden included) and wholly hidden (none), and the
 run's best single keypoint (as ``keypoint_err_px``) and of its linear probe (fit as
 ``metrics.json``'s) where it is partly hidden and where not, with the probe's R² over all
 held-out frames (``metrics.json``'s ``probe_r2``) and over those where the object is in full
-view. Also the share of pixels that differ between a re-rendered frame and the stored one
+view; and the centroid of the object's visible pixels scored as if it were a keypoint (its error
+where the object is in full view and where partly hidden, its R²): what a keypoint sitting
+exactly on the part the camera sees would get. Pixels are counted on frames drawn without
+shadows and reflections, so that an object's shadow does not count as the object. Also the share of pixels that differ between a re-rendered frame and the stored one
 (median over frames), which says how faithfully the state was restored. A frame shows the body
 positions MuJoCo last computed: with the Euler and implicit integrators those from before the
 last substep moved the joints, so the stored joints are taken back by that substep
