@@ -71,6 +71,7 @@ class ModelConfig:
     decoder_hidden: list[int] = field(default_factory=lambda: [512])  # fc: hidden widths; [] = the paper's linear layer
     decoder_channels: int = 16  # gaussian, transport: width of its conv layers
     decoder_sigma: float = 0.1  # gaussian, transport: blob (window) std in normalised units ([-1, 1] spans the image)
+    decoder_sigma_end: Optional[float] = None  # gaussian, transport: the window std the training ends with, reached linearly from decoder_sigma; None: decoder_sigma throughout
     decoder_kernel: int = 3  # gaussian: conv kernel size; 1 lets a keypoint draw only around itself
     slow_weight: float = 0.01  # weight of g_slow in the loss (paper: 1.0)
     foreground_weight: float = 0.0  # pixels weigh 1 + this * |target - the scene's median image|
@@ -95,6 +96,8 @@ class ModelConfig:
                 "channels: set model.project=true for a 1x1 projection, or make model.channels end in num_keypoints")
         if not 0 < self.equivariance_angle <= 180:
             raise ConfigError(f"model.equivariance_angle must be in (0, 180] degrees, got {self.equivariance_angle}")
+        if self.decoder_sigma_end is not None and not self.decoder_sigma_end > 0:
+            raise ConfigError(f"model.decoder_sigma_end must be > 0 (or null: decoder_sigma throughout), got {self.decoder_sigma_end}")
         if not self.temperature > 0 or not self.decoder_sigma > 0 or not self.separation_sigma > 0:
             raise ConfigError("model.temperature, model.decoder_sigma and model.separation_sigma must be > 0")
 

@@ -185,7 +185,7 @@ class GaussianDecoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg, self.size, self.sigma = cfg, cfg.recon_size, cfg.decoder_sigma
+        self.cfg, self.size, self.sigma = cfg, cfg.recon_size, decoder_sigma_at(cfg, 1.0)
         c, k = cfg.decoder_channels, cfg.decoder_kernel
         self.net = nn.Sequential(
             nn.Conv2d(cfg.num_keypoints, c, k, padding=k // 2), nn.ReLU(inplace=True),
@@ -210,7 +210,7 @@ class TransportDecoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg, self.size, self.sigma = cfg, cfg.recon_size, cfg.decoder_sigma
+        self.cfg, self.size, self.sigma = cfg, cfg.recon_size, decoder_sigma_at(cfg, 1.0)
         c = cfg.decoder_channels
         self.features = nn.Sequential(
             nn.Conv2d(3, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True))
@@ -264,6 +264,14 @@ def equivariance_error(turned: torch.Tensor, keypoints: torch.Tensor, rotation: 
     counted = counted.float() * (expected.abs() <= 1).all(-1).float()  # (B, K)
     error = (turned.float() - expected).pow(2).sum(-1)
     return (error * counted).sum() / counted.sum().clamp(min=1)
+
+
+def decoder_sigma_at(cfg: ModelConfig, progress: float) -> float:
+    """The decoder's window std at ``progress`` (0 to 1) through training: ``decoder_sigma``,
+    moving linearly to ``decoder_sigma_end`` when that is set; a trained model keeps the last."""
+    if cfg.decoder_sigma_end is None:
+        return cfg.decoder_sigma
+    return cfg.decoder_sigma + (cfg.decoder_sigma_end - cfg.decoder_sigma) * min(max(progress, 0.0), 1.0)
 
 
 def make_decoder(cfg: ModelConfig) -> nn.Module:

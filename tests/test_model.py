@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dsae.config import ModelConfig
+from dsae.errors import ConfigError
 from dsae.model import (
     DeepSpatialAutoencoder,
     SpatialEncoder,
@@ -233,6 +234,16 @@ def test_transport_decoder_sees_the_frame_only_through_windows_at_the_keypoints(
         assert (decoder(keypoints, near) - base).abs().max() > 1e-3
     with pytest.raises(ValueError, match="pass images"):
         decoder(keypoints)
+
+
+def test_decoder_sigma_at_moves_linearly_to_decoder_sigma_end():
+    from dsae.model import decoder_sigma_at
+
+    assert decoder_sigma_at(ModelConfig(decoder_sigma=0.1), 0.5) == 0.1
+    cfg = ModelConfig(decoder_sigma=0.1, decoder_sigma_end=0.06)
+    assert [round(decoder_sigma_at(cfg, p), 12) for p in (-1, 0, 0.5, 1, 2)] == [0.1, 0.1, 0.08, 0.06, 0.06]
+    with pytest.raises(ConfigError, match="decoder_sigma_end"):
+        ModelConfig(decoder_sigma_end=0.0)
 
 
 def test_transport_decoder_starts_from_the_scenes_median_colour_image():

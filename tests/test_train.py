@@ -137,3 +137,27 @@ def test_the_gaussian16_model_in_colour_trains_probes_and_films(tiny_dataset, tm
     frames = load_dataset(root).episode(0)
     tracks = track_episode(model, frames, VisConfig(), torch.device("cpu"))
     assert tracks["recon"].shape == (len(frames), 3, 16, 16)
+
+
+def test_the_decoder_window_narrows_over_training_to_decoder_sigma_end(tiny_dataset, tmp_path, monkeypatch):
+    """model.decoder_sigma_end: the windows start at decoder_sigma, narrow step by step and end at
+    decoder_sigma_end, the width a model rebuilt from the run's config draws with."""
+    from dsae.model import DeepSpatialAutoencoder, TransportDecoder
+
+    widths = []
+    forward = TransportDecoder.forward
+
+    def recording(self, keypoints, images=None):
+        if self.training:
+            widths.append(self.sigma)
+        return forward(self, keypoints, images)
+
+    monkeypatch.setattr(TransportDecoder, "forward", recording)
+    cfg, _ = tiny_dataset
+    cfg = replace(cfg, model=replace(cfg.model, decoder="transport", decoder_sigma=0.1, decoder_sigma_end=0.05),
+                  train=replace(cfg.train, steps=11))
+    run_training(cfg, tmp_path / "run", progress=False)
+    assert len(widths) == 11 and widths[0] == 0.1 and abs(widths[-1] - 0.05) < 1e-12
+    assert all(a > b for a, b in zip(widths, widths[1:]))
+    assert DeepSpatialAutoencoder(cfg.model, 32).decoder.sigma == 0.05
+
