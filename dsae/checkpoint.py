@@ -85,6 +85,8 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, An
     model = state["config"].get("model")
     if isinstance(model, dict) and "keypoint_frame" not in model:
         model["keypoint_frame"] = "grid"  # saved before model.keypoint_frame: its keypoints are in that frame
+    if isinstance(model, dict) and "decoder_sigma_end" not in model:
+        model["decoder_sigma_end"] = None  # saved before model.decoder_sigma_end: its windows never narrowed
     state["path"] = str(path)
     return state
 

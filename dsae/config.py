@@ -70,8 +70,8 @@ class ModelConfig:
     decoder: str = "transport"  # transport (the frame seen through a window at each keypoint), gaussian (keypoints drawn as maps, then convs) or fc (the paper's)
     decoder_hidden: list[int] = field(default_factory=lambda: [512])  # fc: hidden widths; [] = the paper's linear layer
     decoder_channels: int = 16  # gaussian, transport: width of its conv layers
-    decoder_sigma: float = 0.1  # gaussian, transport: blob (window) std in normalised units ([-1, 1] spans the image)
-    decoder_sigma_end: Optional[float] = None  # gaussian, transport: the window std the training ends with, reached linearly from decoder_sigma; None: decoder_sigma throughout
+    decoder_sigma: float = 0.1  # gaussian, transport: blob (window) std in normalised units ([-1, 1] spans the image) that training starts with
+    decoder_sigma_end: Optional[float] = 0.07  # gaussian, transport: the window std the training ends with, reached linearly from decoder_sigma (the wide start finds the objects, the narrow end centres keypoints on them); null: decoder_sigma throughout
     decoder_kernel: int = 3  # gaussian: conv kernel size; 1 lets a keypoint draw only around itself
     slow_weight: float = 0.01  # weight of g_slow in the loss (paper: 1.0)
     foreground_weight: float = 0.0  # pixels weigh 1 + this * |target - the scene's median image|

@@ -74,7 +74,20 @@ def test_a_checkpoint_from_before_keypoint_frame_keeps_its_keypoints(tmp_path):
     assert dsae.load_encoder(tmp_path / "old.pt", device="cpu").encoder.centres is None  # the grid frame
 
 
-def test_a_resumed_run_keeps_its_budget_unless_the_command_names_one():
+def test_a_checkpoint_from_before_decoder_sigma_end_keeps_its_windows(tmp_path):
+    """Saved without model.decoder_sigma_end, a model's windows never narrowed: it loads drawing
+    with decoder_sigma, not with today's default end."""
+    from dsae.api import load_model
+
+    cfg = tiny_config(tmp_path)
+    model = dsae.DeepSpatialAutoencoder(cfg.model, 32).eval()
+    old = to_dict(cfg)
+    del old["model"]["decoder_sigma_end"]
+    save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "config": old, "image_size": 32, "step": 0})
+    assert load_model(tmp_path / "old.pt", device="cpu")[0].decoder.sigma == cfg.model.decoder_sigma != cfg.model.decoder_sigma_end
+
+
+
     from dsae.checkpoint import resumed_config
     from dsae.errors import ConfigError
 

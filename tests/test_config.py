@@ -29,6 +29,7 @@ def test_groups_compose(overrides):
     elif overrides == ["model=gaussian16"]:  # the default before 2026-11-24, as its figures were measured
         assert (m.decoder, m.num_keypoints, m.keypoint_frame, m.padding) == ("gaussian", 16, "grid", "valid")
         assert m.kernels == [7, 5, 5] and m.decoder_channels == 32 and m.channels == [64, 32, 16]
+        assert m.decoder_sigma == 0.1 and m.decoder_sigma_end is None and m.equivariance_weight == 0
     elif overrides != ["env=pusher"]:  # the setting docs/small_objects.md measured
         assert (m.decoder, m.num_keypoints, m.keypoint_frame, m.padding) == ("transport", 32, "image", "replicate")
         assert m.channels == [64, 32, 16] and m.kernels == [7, 3, 3] and cfg.env.image_size == 64

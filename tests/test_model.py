@@ -221,7 +221,7 @@ def test_transport_decoder_sees_the_frame_only_through_windows_at_the_keypoints(
     from dsae.model import TransportDecoder
 
     torch.manual_seed(0)
-    cfg = ModelConfig(decoder="transport", num_keypoints=1, recon_size=32, decoder_sigma=0.05)
+    cfg = ModelConfig(decoder="transport", num_keypoints=1, recon_size=32, decoder_sigma=0.05, decoder_sigma_end=None)
     decoder = TransportDecoder(cfg).eval()
     keypoints = torch.tensor([[[-0.75, -0.75]]])  # near the top-left corner
     blank = torch.full((1, 64, 64, 3), 128, dtype=torch.uint8)
@@ -239,7 +239,7 @@ def test_transport_decoder_sees_the_frame_only_through_windows_at_the_keypoints(
 def test_decoder_sigma_at_moves_linearly_to_decoder_sigma_end():
     from dsae.model import decoder_sigma_at
 
-    assert decoder_sigma_at(ModelConfig(decoder_sigma=0.1), 0.5) == 0.1
+    assert decoder_sigma_at(ModelConfig(decoder_sigma=0.1, decoder_sigma_end=None), 0.5) == 0.1
     cfg = ModelConfig(decoder_sigma=0.1, decoder_sigma_end=0.06)
     assert [round(decoder_sigma_at(cfg, p), 12) for p in (-1, 0, 0.5, 1, 2)] == [0.1, 0.1, 0.08, 0.06, 0.06]
     with pytest.raises(ConfigError, match="decoder_sigma_end"):
