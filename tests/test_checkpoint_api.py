@@ -87,7 +87,7 @@ def test_a_checkpoint_from_before_decoder_sigma_end_keeps_its_windows(tmp_path):
     assert load_model(tmp_path / "old.pt", device="cpu")[0].decoder.sigma == cfg.model.decoder_sigma != cfg.model.decoder_sigma_end
 
 
-
+def test_a_resumed_run_keeps_its_budget_unless_the_command_names_one():
     from dsae.checkpoint import resumed_config
     from dsae.errors import ConfigError
 
