@@ -32,6 +32,10 @@ AGENT_CHECKPOINT = Path("checkpoints") / "agent.pt"  # an RL agent's
 RUN_CONFIG = "config.json"
 METRICS = "metrics.json"  # written last: a run folder that has it is finished
 RUN_ROOTS = (Path("outputs"), Path("multirun"))  # where Hydra puts single runs and sweep jobs
+MODEL_SETTINGS_SAVED_BEFORE = {  # model settings added since checkpoints were saved, as those were trained
+    "keypoint_frame": "grid",  # saved before model.keypoint_frame: its keypoints are in that frame
+    "decoder_sigma_end": None,  # saved before model.decoder_sigma_end: its windows never narrowed
+}
 RUNTIME_SETTINGS = ("device", "threads", "progress", "logger", "resume", "train.resume", "data.workers",
                     "train.log_every", "train.eval_every", "train.image_every", "train.checkpoint_every",
                     "rl.log_every", "rl.checkpoint_every", "rl.steps", "imitation.rounds")
@@ -83,10 +87,9 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, An
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a dsae checkpoint (no model/config entries)")
     model = state["config"].get("model")
-    if isinstance(model, dict) and "keypoint_frame" not in model:
-        model["keypoint_frame"] = "grid"  # saved before model.keypoint_frame: its keypoints are in that frame
-    if isinstance(model, dict) and "decoder_sigma_end" not in model:
-        model["decoder_sigma_end"] = None  # saved before model.decoder_sigma_end: its windows never narrowed
+    if isinstance(model, dict):
+        for key, value in MODEL_SETTINGS_SAVED_BEFORE.items():
+            model.setdefault(key, value)
     state["path"] = str(path)
     return state
 
