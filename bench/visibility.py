@@ -97,16 +97,20 @@ def visible_pixels(env, restore, dataset, rows: np.ndarray) -> tuple[dict[str, n
         frame = env.render().astype(np.int64)
         unlike.append(float((np.abs(frame - dataset.frames[row]).sum(-1) > CHANGED).mean()))
         model.light_castshadow[:], model.mat_reflectance[:] = 0, 0.0
-        plain = env.render().astype(np.int64)
-        for name, ids in geoms.items():
-            rgba = model.geom_rgba[ids].copy()
-            model.geom_rgba[ids, 3] = 0.0
-            y, x = np.nonzero(np.abs(plain - env.render()).sum(-1) > CHANGED)
-            model.geom_rgba[ids] = rgba
-            counts[name][n] = len(x)
-            if len(x):
-                centroids[name][n] = x.mean(), y.mean()
-        model.light_castshadow[:], model.mat_reflectance[:] = lights, reflectance
+        try:
+            plain = env.render().astype(np.int64)
+            for name, ids in geoms.items():
+                rgba = model.geom_rgba[ids].copy()
+                model.geom_rgba[ids, 3] = 0.0
+                try:
+                    y, x = np.nonzero(np.abs(plain - env.render()).sum(-1) > CHANGED)
+                finally:
+                    model.geom_rgba[ids] = rgba
+                counts[name][n] = len(x)
+                if len(x):
+                    centroids[name][n] = x.mean(), y.mean()
+        finally:  # the scene is drawn as it was even where a render raised
+            model.light_castshadow[:], model.mat_reflectance[:] = lights, reflectance
     return counts, centroids, float(np.median(unlike))
 
 

@@ -253,3 +253,35 @@ def test_visibility_restores_a_frames_state_and_refuses_joints_a_dataset_does_no
     with pytest.raises(SystemExit, match="does not store joint 'block_yaw'"):
         visibility.restorer(block)
     block.close()
+
+
+def test_visibility_draws_the_scene_as_it_was_after_a_render_raises(monkeypatch):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from envs import make_env
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import visibility
+    env = make_env("reacher", image_size=32)
+    env.reset(seed=0)
+    model = env.model
+    lights, reflectance, rgba = model.light_castshadow.copy(), model.mat_reflectance.copy(), model.geom_rgba.copy()
+    frame = env.render()
+    renders = iter([frame, frame])  # the stored frame, the plain one; the first object's raises
+
+    def render():
+        try:
+            return next(renders)
+        except StopIteration:
+            raise RuntimeError("the renderer failed") from None
+
+    monkeypatch.setattr(env, "render", render)
+    dataset = SimpleNamespace(joint_state=env.joint_state()[None], objects=list(env.object_names), frames=frame[None],
+                              positions={o: env.data.xpos[b][None].copy() for o, b in env._bodies.items()})
+    with pytest.raises(RuntimeError, match="renderer failed"):
+        visibility.visible_pixels(env, lambda joint_state, positions: None, dataset, np.array([0]))
+    assert (model.light_castshadow == lights).all() and (model.mat_reflectance == reflectance).all()
+    assert (model.geom_rgba == rgba).all()
+    env.close()
