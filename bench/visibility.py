@@ -55,7 +55,7 @@ def restorer(env):
     model, data = env.model, env.data
     known = set(int(j) for j in env.joint_ids)  # the robot's, then the objects' slide joints
     slides = []  # (qpos address, object, axis, world position at qpos 0)
-    for name, body in env._bodies.items():
+    for name, body in env.object_bodies.items():
         for j in np.flatnonzero(model.jnt_bodyid == body):
             # A slide joint of an object placed in the world frame: its value follows from the position.
             if int(model.jnt_type[j]) == int(mujoco.mjtJoint.mjJNT_SLIDE) and int(j) not in known \
@@ -73,7 +73,7 @@ def restorer(env):
     back = 0.0 if int(model.opt.integrator) == int(mujoco.mjtIntegrator.mjINT_RK4) else model.opt.timestep
 
     def restore(joint_state: np.ndarray, positions: dict[str, np.ndarray]) -> None:
-        data.qpos[env._qpos] = joint_state[:count] - back * joint_state[count:]
+        data.qpos[env.joint_qpos] = joint_state[:count] - back * joint_state[count:]
         for adr, name, axis, origin in slides:
             data.qpos[adr] = float(np.dot(positions[name] - origin, axis))
         mujoco.mj_forward(model, data)
@@ -87,7 +87,7 @@ def visible_pixels(env, restore, dataset, rows: np.ndarray) -> tuple[dict[str, n
     are counted on frames drawn without shadows and reflections, so that only its own surface
     counts, not the shadow it casts."""
     model = env.model
-    geoms = {o: np.flatnonzero(model.geom_bodyid == b) for o, b in env._bodies.items()}
+    geoms = {o: np.flatnonzero(model.geom_bodyid == b) for o, b in env.object_bodies.items()}
     counts = {o: np.zeros(len(rows), dtype=np.int64) for o in geoms}
     centroids = {o: np.full((len(rows), 2), np.nan) for o in geoms}
     lights, reflectance = model.light_castshadow.copy(), model.mat_reflectance.copy()

@@ -258,7 +258,7 @@ class SceneEnv(gym.Env):
         self.action_space, self.observation_space = sim.action_space, sim.observation_space
         body, joint, geom = mujoco.mjtObj.mjOBJ_BODY, mujoco.mjtObj.mjOBJ_JOINT, mujoco.mjtObj.mjOBJ_GEOM
         try:
-            self._bodies = {o: _lookup(model, body, b, "body", config.name) for o, b in config.objects.items()}
+            self.object_bodies = {o: _lookup(model, body, b, "body", config.name) for o, b in config.objects.items()}
             self.joint_ids = np.array([_lookup(model, joint, j, "joint", config.name) for j in config.joints])
             for name in config.joints:
                 j = model.joint(name).id
@@ -280,7 +280,8 @@ class SceneEnv(gym.Env):
             raise
         limited = model.jnt_limited[self.joint_ids].astype(bool)
         self.joint_ranges = np.where(limited[:, None], model.jnt_range[self.joint_ids], [-math.pi, math.pi])  # (J, 2)
-        self._qpos, self._qvel = model.jnt_qposadr[self.joint_ids], model.jnt_dofadr[self.joint_ids]
+        # Where the robot's joints (J,) sit in MuJoCo's qpos and qvel; object_bodies: {object: body id}.
+        self.joint_qpos, self.joint_qvel = model.jnt_qposadr[self.joint_ids], model.jnt_dofadr[self.joint_ids]
         self.camera_matrix = camera_matrix(
             np.array(config.camera_lookat, dtype=np.float64), config.camera_distance, config.camera_azimuth,
             config.camera_elevation, float(model.vis.global_.fovy), config.image_size, config.image_size)
@@ -301,12 +302,12 @@ class SceneEnv(gym.Env):
 
     def joint_state(self) -> np.ndarray:
         """The robot's joint positions then velocities, float64 (2J,) (datasets store this)."""
-        return np.concatenate([self.data.qpos[self._qpos], self.data.qvel[self._qvel]])
+        return np.concatenate([self.data.qpos[self.joint_qpos], self.data.qvel[self.joint_qvel]])
 
     def joint_features(self) -> np.ndarray:
         """What a policy knows of the robot: cos and sin of its joint positions, then its joint
         velocities, float32 (3J,); nothing about the task (no object or target state)."""
-        q, dq = self.data.qpos[self._qpos], self.data.qvel[self._qvel]
+        q, dq = self.data.qpos[self.joint_qpos], self.data.qvel[self.joint_qvel]
         return np.concatenate([np.cos(q), np.sin(q), dq]).astype(np.float32)
 
     def state_observation(self) -> np.ndarray:
@@ -315,7 +316,7 @@ class SceneEnv(gym.Env):
         return self.sim._get_obs()
 
     def _info(self, info: dict[str, Any]) -> dict[str, Any]:
-        positions = {o: self.data.xpos[b].copy() for o, b in self._bodies.items()}
+        positions = {o: self.data.xpos[b].copy() for o, b in self.object_bodies.items()}
         task, c = {}, self.config
         if c.task_object is not None:
             distance = float(np.linalg.norm(positions[c.task_object][:2] - positions[c.task_goal][:2]))
@@ -329,7 +330,7 @@ class SceneEnv(gym.Env):
         obs, info = self.sim.reset(seed=seed, options=options)
         if self.config.randomize_arm:
             qpos, qvel = self.data.qpos.copy(), self.data.qvel.copy()
-            qpos[self._qpos] = self.sim.np_random.uniform(self.joint_ranges[:, 0], self.joint_ranges[:, 1])
+            qpos[self.joint_qpos] = self.sim.np_random.uniform(self.joint_ranges[:, 0], self.joint_ranges[:, 1])
             self.sim.set_state(qpos, qvel)
             obs = self.sim._get_obs()
         self._steps = 0

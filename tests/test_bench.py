@@ -245,8 +245,8 @@ def test_visibility_restores_a_frames_state_and_refuses_joints_a_dataset_does_no
     env.reset(seed=4)  # elsewhere; the restorer must bring back the step's pose and target
     elsewhere = unlike()
     visibility.restorer(env)(info["joint_state"], info["positions"])
-    assert env.data.xpos[env._bodies["target"]] == pytest.approx(info["positions"]["target"], abs=1e-9)
-    assert env.data.xpos[env._bodies["fingertip"]] == pytest.approx(info["positions"]["fingertip"], abs=1e-4)
+    assert env.data.xpos[env.object_bodies["target"]] == pytest.approx(info["positions"]["target"], abs=1e-9)
+    assert env.data.xpos[env.object_bodies["fingertip"]] == pytest.approx(info["positions"]["fingertip"], abs=1e-4)
     assert unlike() <= 0.005 < elsewhere
     env.close()
     block = make_env("push_block")
@@ -279,7 +279,7 @@ def test_visibility_draws_the_scene_as_it_was_after_a_render_raises(monkeypatch)
 
     monkeypatch.setattr(env, "render", render)
     dataset = SimpleNamespace(joint_state=env.joint_state()[None], objects=list(env.object_names), frames=frame[None],
-                              positions={o: env.data.xpos[b][None].copy() for o, b in env._bodies.items()})
+                              positions={o: env.data.xpos[b][None].copy() for o, b in env.object_bodies.items()})
     with pytest.raises(RuntimeError, match="renderer failed"):
         visibility.visible_pixels(env, lambda joint_state, positions: None, dataset, np.array([0]))
     assert (model.light_castshadow == lights).all() and (model.mat_reflectance == reflectance).all()
