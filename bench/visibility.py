@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 sys.path.insert(0, str(REPO / "bench"))
 
-from dsae.evaluate import encode_frames, in_view, probe_frames, probe_predictions, r2_score  # noqa: E402
+from dsae.evaluate import in_view, probe_fit, probe_predictions, r2_score  # noqa: E402
 from envs.scene import EnvConfig, make_env  # noqa: E402
 from keypoint_offsets import held_out  # noqa: E402
 
@@ -123,8 +123,8 @@ def visibility(run: Path) -> dict:
     counts, centroids, unlike = visible_pixels(env, restorer(env), dataset, rows)
     env.close()
     # The linear probe as metrics.json fits it (dsae.evaluate.probe), for its predictions.
-    fit_rows = probe_frames(dataset, opened.train_eps, cfg.train.probe_frames, cfg.seed)
-    kp_fit = encode_frames(opened.model.encoder, dataset.frames, torch.device("cpu"), fit_rows)
+    fit_rows, kp_fit = probe_fit(opened.model.encoder, dataset, opened.train_eps, torch.device("cpu"),
+                                 cfg.train.probe_frames, cfg.seed)
     predicted = probe_predictions(kp_fit, {o: dataset.pixels[o][fit_rows] for o in dataset.objects}, opened.kp)
     out = {"restored_unlike_share": unlike, "objects": {}}
     for name in dataset.objects:

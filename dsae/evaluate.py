@@ -136,6 +136,13 @@ def probe_frames(dataset: Dataset, train_eps: np.ndarray, max_train_frames: int,
     return rows
 
 
+def probe_fit(encoder: torch.nn.Module, dataset: Dataset, train_eps: np.ndarray, device: torch.device,
+              max_train_frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The frames the probe fits on (:func:`probe_frames`) and their keypoints: rows (N,), (N, K, 2)."""
+    rows = probe_frames(dataset, train_eps, max_train_frames, seed)
+    return rows, encode_frames(encoder, dataset.frames, device, rows)
+
+
 def probe(dataset: Dataset, train_idx: np.ndarray, kp_train: np.ndarray, test_idx: np.ndarray,
           kp_test: np.ndarray) -> dict[str, dict]:
     """Probe every labelled object of a dataset (none for unlabelled footage) from keypoints
@@ -163,9 +170,9 @@ def probe_dataset(encoder: torch.nn.Module, dataset: Dataset, train_eps: np.ndar
                   device: torch.device, max_train_frames: int = 6000, seed: int = 0) -> dict[str, dict]:
     """:func:`probe` of an encoder: fit on (up to ``max_train_frames``) frames of ``train_eps``,
     scored on every frame of ``test_eps``."""
-    train_idx, test_idx = probe_frames(dataset, train_eps, max_train_frames, seed), dataset.frame_indices(test_eps)
-    return probe(dataset, train_idx, encode_frames(encoder, dataset.frames, device, train_idx),
-                 test_idx, encode_frames(encoder, dataset.frames, device, test_idx))
+    train_idx, kp_train = probe_fit(encoder, dataset, train_eps, device, max_train_frames, seed)
+    test_idx = dataset.frame_indices(test_eps)
+    return probe(dataset, train_idx, kp_train, test_idx, encode_frames(encoder, dataset.frames, device, test_idx))
 
 
 @torch.no_grad()
@@ -191,12 +198,13 @@ def evaluate_model(model: DeepSpatialAutoencoder, dataset: Dataset, train_eps: n
     """What ``metrics.json`` reports on a model's quality: the probe, the keypoint statistics and
     the reconstruction error on the held-out episodes ``val_eps``, whose frames go through the
     model once."""
-    train_idx, val_idx = probe_frames(dataset, train_eps, max_train_frames, seed), dataset.frame_indices(val_eps)
+    train_idx, kp_train = probe_fit(model.encoder, dataset, train_eps, device, max_train_frames, seed)
+    val_idx = dataset.frame_indices(val_eps)
     kp_val, presence, recon_mse = held_out_pass(model, dataset.frames, val_idx, device)
     size = dataset.image_size
     kp_val_px = to_pixels(torch.from_numpy(kp_val), size, size).numpy()
     return {
-        **probe(dataset, train_idx, encode_frames(model.encoder, dataset.frames, device, train_idx), val_idx, kp_val),
+        **probe(dataset, train_idx, kp_train, val_idx, kp_val),
         "keypoints": keypoint_statistics(kp_val_px, presence, dataset.lengths[val_eps]),
         "recon_mse": recon_mse,
     }

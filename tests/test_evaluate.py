@@ -128,3 +128,19 @@ def test_evaluate_model_equals_the_separate_passes(tiny_dataset):
     assert out["recon_mse"] == pytest.approx(whole, rel=1e-5)
     assert out["keypoints"]["moving_keypoints"] <= model.cfg.num_keypoints
     assert len(out["keypoints"]["presence_mean"]) == model.cfg.num_keypoints
+
+
+def test_probe_fit_takes_a_seeded_subset_of_the_training_episodes_in_order(tiny_dataset):
+    from dsae.data import load_dataset
+    from dsae.evaluate import encode_frames, probe_fit
+
+    ds = load_dataset(tiny_dataset[1])
+    train, _ = ds.split(0.25)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Unflatten(1, (-1, 2)))  # frames as "keypoints"
+    rows, kp = probe_fit(encoder, ds, train, torch.device("cpu"), 7, seed=3)
+    assert len(rows) == 7 and (np.diff(rows) > 0).all() and set(rows) <= set(ds.frame_indices(train))
+    assert (rows == probe_fit(encoder, ds, train, torch.device("cpu"), 7, seed=3)[0]).all()
+    assert (rows != probe_fit(encoder, ds, train, torch.device("cpu"), 7, seed=4)[0]).any()
+    assert np.array_equal(kp, encode_frames(encoder, ds.frames, torch.device("cpu"), rows))
+    every, _ = probe_fit(encoder, ds, train, torch.device("cpu"), 10**6, seed=3)
+    assert np.array_equal(every, ds.frame_indices(train))
