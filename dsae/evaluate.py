@@ -127,19 +127,13 @@ def best_keypoint(kp_train: np.ndarray, px_train: np.ndarray, kp_test: np.ndarra
     return index, float(np.linalg.norm(kp_test[seen_test, index] - px_test[seen_test], axis=-1).mean())
 
 
-def probe_frames(dataset: Dataset, train_eps: np.ndarray, max_train_frames: int, seed: int) -> np.ndarray:
-    """The training frames (rows) the probe fits on: all of ``train_eps``'s, or a random
-    ``max_train_frames`` of them in order."""
+def probe_fit(encoder: torch.nn.Module, dataset: Dataset, train_eps: np.ndarray, device: torch.device,
+              max_train_frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The frames the probe fits on, all of ``train_eps``'s or a random ``max_train_frames`` of
+    them in order, and their keypoints: rows (N,), (N, K, 2)."""
     rows = dataset.frame_indices(train_eps)
     if len(rows) > max_train_frames:
         rows = rows[np.sort(np.random.default_rng(seed).choice(len(rows), max_train_frames, replace=False))]
-    return rows
-
-
-def probe_fit(encoder: torch.nn.Module, dataset: Dataset, train_eps: np.ndarray, device: torch.device,
-              max_train_frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The frames the probe fits on (:func:`probe_frames`) and their keypoints: rows (N,), (N, K, 2)."""
-    rows = probe_frames(dataset, train_eps, max_train_frames, seed)
     return rows, encode_frames(encoder, dataset.frames, device, rows)
 
 
