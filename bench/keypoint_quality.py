@@ -1,11 +1,11 @@
 """Benchmark: keypoint quality per scene over seeds, for one set of settings.
 
     python bench/keypoint_quality.py --name default [--scenes reacher pusher push_block] [--seeds 3]
-        [--out bench/results/keypoint_quality] [-- OVERRIDE ...]
+        [--first-seed 0] [--out bench/results/keypoint_quality] [-- OVERRIDE ...]
 
-Runs ``scripts/train.py env=<scene> seed=<s> <OVERRIDES>`` for every scene and seed 0..seeds-1,
-one run at a time (a run already uses both cores of a small machine), each into
-``<out>/<name>/<scene>-seed<s>``. A finished run (its ``metrics.json`` exists) is read, not run
+Runs ``scripts/train.py env=<scene> seed=<s> <OVERRIDES>`` for every scene and for ``--seeds``
+seeds from ``--first-seed`` on (0, 1, 2 by default), one run at a time (a run already uses both
+cores of a small machine), each into ``<out>/<name>/<scene>-seed<s>``. A finished run (its ``metrics.json`` exists) is read, not run
 again; an interrupted one resumes from its checkpoint, so the benchmark can be split across
 sessions; runs there of other overrides are refused (give the settings another ``--name``).
 Writes ``<out>/<name>.json``: per scene and object the per-seed linear-probe R² and
@@ -70,21 +70,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="the settings' name: runs go to <out>/<name>/")
     parser.add_argument("--scenes", nargs="+", default=["reacher", "pusher", "push_block"])
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first of them (later seeds follow it)")
     parser.add_argument("--out", default="bench/results/keypoint_quality")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args()
+    if args.seeds < 1 or args.first_seed < 0:
+        parser.error(f"--seeds must be >= 1 and --first-seed >= 0, got {args.seeds} and {args.first_seed}")
     out = Path(args.out).resolve()
     started = time.perf_counter()
     path = out / f"{args.name}.json"
     earlier = json.loads(path.read_text()) if path.exists() else {}
     kept = earlier.get("scenes", {}) if earlier.get("overrides") == args.overrides else {}
     summary: dict = {"name": args.name, "overrides": args.overrides, "scenes": dict(kept)}
-    jobs = {scene: [job(out, args.name, scene, s, args.overrides) for s in range(args.seeds)] for scene in args.scenes}
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    jobs = {scene: [job(out, args.name, scene, s, args.overrides) for s in seeds] for scene in args.scenes}
     done = run_jobs([j for scene_jobs in jobs.values() for j in scene_jobs], workers=1)
     for scene, scene_jobs in jobs.items():
         runs = [done[j.name] for j in scene_jobs]
-        summary["scenes"][scene] = {"seeds": list(range(args.seeds)), "objects": summarise(runs),
+        summary["scenes"][scene] = {"seeds": seeds, "objects": summarise(runs),
                                     "wall_s": [m["wall_s"] for m in runs], "steps": runs[0]["steps"],
                                     "precision": runs[0]["precision"], "device_name": runs[0]["device_name"]}
     summary["bench_wall_s"] = time.perf_counter() - started

@@ -128,6 +128,13 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
     assert (tmp_path / "kq" / "tiny" / "reacher-seed0" / "metrics.json").stat().st_mtime == first
     again = json.loads((tmp_path / "kq" / "tiny.json").read_text())
     assert set(again["scenes"]) == {"reacher", "other"} and again["scenes"]["reacher"] == summary["scenes"]["reacher"]
+    # A later seed alone (--first-seed): seed 1's finished run is read, not trained again.
+    second = (tmp_path / "kq" / "tiny" / "reacher-seed1" / "metrics.json").stat().st_mtime
+    run("keypoint_quality.py", "--name", "tiny", "--scenes", "reacher", "--seeds", "1", "--first-seed", "1",
+        "--out", str(tmp_path / "kq"), "--", *overrides)
+    one = json.loads((tmp_path / "kq" / "tiny.json").read_text())["scenes"]["reacher"]
+    assert one["seeds"] == [1] and one["objects"]["target"]["keypoint_err_px"] == target["keypoint_err_px"][1:]
+    assert (tmp_path / "kq" / "tiny" / "reacher-seed1" / "metrics.json").stat().st_mtime == second
     # Other overrides under the same name: the runs they would be confused with are refused.
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "keypoint_quality.py"), *args, "train.lr=0.001"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
