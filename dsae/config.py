@@ -61,6 +61,7 @@ class ModelConfig:
     padding: str = "replicate"  # valid (paper), same (zero-padded to keep each map's size) or replicate (the same, borders repeated)
     norm: str = "batch"  # none (paper), batch or group, after each conv
     num_keypoints: int = 32  # K (paper: 16)
+    local_keypoints: int = 0  # of the K, how many read only the first conv's features (through 1x1 convs): each answers to what one patch of the first kernel's size holds, not to the shape around it
     project: Optional[bool] = None  # a 1x1 conv from channels[-1] to K; None: only when they differ
     keypoint_frame: str = "image"  # image: a keypoint sits on the pixel its feature-map cell looks at (its receptive field's centre); grid: the feature grid stretched over the whole image (the paper's, and every checkpoint saved before this option)
     temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
@@ -90,10 +91,19 @@ class ModelConfig:
         check_at_least(self, "model", 1, "num_keypoints", "recon_size", "decoder_channels", "decoder_kernel")
         if self.decoder_kernel % 2 == 0:
             raise ConfigError(f"model.decoder_kernel must be an odd size >= 1, got {self.decoder_kernel}")
-        if self.project is False and self.channels[-1] != self.num_keypoints:
+        if self.project is False and self.channels[-1] != self.num_keypoints - self.local_keypoints:
             raise ConfigError(
-                f"model.num_keypoints={self.num_keypoints} differs from the last conv's {self.channels[-1]} "
-                "channels: set model.project=true for a 1x1 projection, or make model.channels end in num_keypoints")
+                f"model.num_keypoints={self.num_keypoints} less model.local_keypoints={self.local_keypoints} differs from "
+                f"the last conv's {self.channels[-1]} channels: set model.project=true for a 1x1 projection, or make "
+                "model.channels end in that number")
+        if not 0 <= self.local_keypoints <= self.num_keypoints:
+            raise ConfigError(f"model.local_keypoints must be within 0..model.num_keypoints={self.num_keypoints}, got {self.local_keypoints}")
+        if self.local_keypoints and (
+                self.padding == "valid" or len(self.channels) < 2
+                or any(s != 1 or k % 2 == 0 for s, k in zip(self.strides[1:], self.kernels[1:]))):
+            raise ConfigError(
+                "model.local_keypoints needs maps of one size whose cells look at the same pixels: two or more convs, "
+                "odd kernels at stride 1 after the first, and padding same or replicate (not valid)")
         if not 0 < self.equivariance_angle <= 180:
             raise ConfigError(f"model.equivariance_angle must be in (0, 180] degrees, got {self.equivariance_angle}")
         if self.decoder_sigma_end is not None and not self.decoder_sigma_end > 0:

@@ -102,26 +102,45 @@ class SpatialEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        project = cfg.channels[-1] != cfg.num_keypoints if cfg.project is None else cfg.project
+        deep_keypoints = cfg.num_keypoints - cfg.local_keypoints
+        project = cfg.channels[-1] != deep_keypoints if cfg.project is None else cfg.project
+        mode = "replicate" if cfg.padding == "replicate" else "zeros"
         layers: list[nn.Module] = []
         in_ch = 3
         for out_ch, k, s in zip(cfg.channels, cfg.kernels, cfg.strides):
-            mode = "replicate" if cfg.padding == "replicate" else "zeros"
             conv = nn.Conv2d(in_ch, out_ch, k, stride=s, padding=conv_padding(cfg.padding, k), padding_mode=mode)
             layers += [conv, _norm(cfg.norm, out_ch), nn.ReLU(inplace=True)]
             in_ch = out_ch
         if project:
-            layers.append(nn.Conv2d(in_ch, cfg.num_keypoints, 1))
+            layers.append(nn.Conv2d(in_ch, deep_keypoints, 1))
         self.features = nn.Sequential(*layers)
+        # The local keypoints' maps: the first conv's features through 1x1 convs of the later
+        # layers' widths, so each answers to what one first-layer patch holds (ModelConfig.local_keypoints).
+        self.local = None
+        if cfg.local_keypoints:
+            local: list[nn.Module] = []
+            in_ch = cfg.channels[0]
+            for out_ch in cfg.channels[1:]:
+                local += [nn.Conv2d(in_ch, out_ch, 1), _norm(cfg.norm, out_ch), nn.ReLU(inplace=True)]
+                in_ch = out_ch
+            self.local = nn.Sequential(*local, nn.Conv2d(in_ch, cfg.local_keypoints, 1))
         self.softmax_channels = cfg.num_keypoints
         self.softmax = SpatialSoftmax(cfg.temperature, cfg.learn_temperature)
         self.centres = receptive_field_centres(cfg.kernels, cfg.strides, cfg.padding) if cfg.keypoint_frame == "image" else None
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """One map per keypoint: float images (B, 3, H, W) -> (B, K, h, w); the local keypoints'
+        maps first, then those of the whole stack."""
+        if self.local is None:
+            return self.features(x)
+        first = self.features[:3](x)  # the first conv, its norm and ReLU
+        return torch.cat([self.local(first), self.features[3:](first)], dim=1)
 
     def forward(self, images: torch.Tensor, **outputs):
         """Keypoints; with ``return_attention``/``return_presence``/... (see SpatialSoftmax) a
         SoftArgmaxResult (its covariance in the keypoints' frame, its attention on the feature grid)."""
         x = to_float_images(images)
-        return self.locate(self.features(x), x.shape[-2:], **outputs)
+        return self.locate(self.feature_maps(x), x.shape[-2:], **outputs)
 
     def locate(self, features: torch.Tensor, image_size: tuple[int, int], **outputs):
         """Keypoints (B, K, 2) in the keypoint frame from the feature maps (B, K, h, w) of images
@@ -359,7 +378,7 @@ class DeepSpatialAutoencoder(nn.Module):
         angles = (torch.rand(turns, device=x.device) * 2 - 1) * math.radians(self.cfg.equivariance_angle)
         middle = slice(1, 3 * turns, 3)  # the middle frames of the first `turns` triples
         turned, rotation = rotate_frames(x[middle], angles)
-        features = self.encoder.features(torch.cat([x, turned]))
+        features = self.encoder.feature_maps(torch.cat([x, turned]))
         keypoints, turned_keypoints = self.encoder.locate(features, x.shape[-2:]).split([len(x), turns])
         # Only keypoints that have found something (half their softmax mass within a cell of where
         # they sit) must turn with it; a diffuse one stays free to wait for an object to appear.

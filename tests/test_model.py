@@ -186,6 +186,34 @@ def test_projection_to_k_keypoints():
     assert not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in plain.encoder.features)
 
 
+def test_local_keypoints_answer_only_to_their_first_layer_patch():
+    """model.local_keypoints: the first K_local maps change only at the cells whose 3x3 first-layer
+    patch holds a changed pixel; the whole stack's maps change over its wider receptive field."""
+    cfg = ModelConfig(channels=[8, 8, 4], kernels=[3, 3, 3], strides=[2, 1, 1], num_keypoints=6, local_keypoints=2,
+                      norm="none")
+    torch.manual_seed(0)
+    encoder = SpatialEncoder(cfg).eval()
+    image = torch.rand(1, 3, 32, 32)
+    changed = image.clone()
+    changed[0, :, 16, 16] += 1.0
+    with torch.no_grad():
+        before, after = encoder.feature_maps(image), encoder.feature_maps(changed)
+    assert before.shape == (1, 6, 16, 16)
+    local = (after - before)[0, :2].abs().amax(dim=0) > 0  # (16, 16): the cells whose local maps changed
+    deep = (after - before)[0, 2:].abs().amax(dim=0) > 0
+    # Cell i's 3x3 patch (stride 2, one pixel of padding) covers pixels 2i-1..2i+1: pixel 16 is in cell 8's alone.
+    assert local.nonzero().tolist() == [[8, 8]]
+    assert deep.sum() == 25  # three 3x3 convs: cells 6..10 on each axis
+    assert encoder(image).shape == (1, 6, 2)
+
+
+@pytest.mark.parametrize("kwargs", [dict(local_keypoints=33), dict(local_keypoints=8, padding="valid"),
+                                     dict(local_keypoints=8, strides=[2, 2, 1]), dict(local_keypoints=8, kernels=[3, 2, 1])])
+def test_local_keypoints_need_maps_on_one_grid(kwargs):
+    with pytest.raises(ConfigError, match="local_keypoints"):
+        ModelConfig(**kwargs)
+
+
 def test_too_small_image_is_rejected():
     with pytest.raises(ValueError, match="too small"):
         DeepSpatialAutoencoder(ModelConfig(padding="valid"), 12)  # 12 -> 3 -> 1 -> ... px
