@@ -7,7 +7,8 @@ Runs ``scripts/train.py env=<scene> seed=<s> <OVERRIDES>`` for every scene and f
 seeds from ``--first-seed`` on (0, 1, 2 by default), one run at a time (a run already uses both
 cores of a small machine), each into ``<out>/<name>/<scene>-seed<s>``. A finished run (its
 ``metrics.json`` exists) is read, not run again; an interrupted one resumes from its checkpoint,
-so the benchmark can be split across sessions; runs there of other overrides are refused (give the settings another ``--name``).
+so the benchmark can be split across sessions; runs there of other overrides are refused (give
+the settings another ``--name``).
 Writes ``<out>/<name>.json``: per scene and object the per-seed linear-probe R² and
 ``keypoint_err_px`` (the single best keypoint's held-out pixel error) with their mean and std,
 and the wall time of every run; prints the same as a Markdown table. Scenes that an earlier call
