@@ -91,13 +91,13 @@ class ModelConfig:
         check_at_least(self, "model", 1, "num_keypoints", "recon_size", "decoder_channels", "decoder_kernel")
         if self.decoder_kernel % 2 == 0:
             raise ConfigError(f"model.decoder_kernel must be an odd size >= 1, got {self.decoder_kernel}")
+        if not 0 <= self.local_keypoints <= self.num_keypoints:
+            raise ConfigError(f"model.local_keypoints must be within 0..model.num_keypoints={self.num_keypoints}, got {self.local_keypoints}")
         if self.project is False and self.channels[-1] != self.num_keypoints - self.local_keypoints:
             raise ConfigError(
                 f"model.num_keypoints={self.num_keypoints} less model.local_keypoints={self.local_keypoints} differs from "
                 f"the last conv's {self.channels[-1]} channels: set model.project=true for a 1x1 projection, or make "
                 "model.channels end in that number")
-        if not 0 <= self.local_keypoints <= self.num_keypoints:
-            raise ConfigError(f"model.local_keypoints must be within 0..model.num_keypoints={self.num_keypoints}, got {self.local_keypoints}")
         if self.local_keypoints and (
                 self.padding == "valid" or len(self.channels) < 2
                 or any(s != 1 or k % 2 == 0 for s, k in zip(self.strides[1:], self.kernels[1:]))):

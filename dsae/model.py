@@ -88,6 +88,20 @@ def receptive_field_centres(kernels: list[int], strides: list[int], padding: str
     return a, b
 
 
+_BLOCK = 3  # modules per conv block of _conv_blocks: conv, norm, ReLU
+
+
+def _conv_blocks(in_ch: int, channels: list[int], kernels: list[int], strides: list[int], cfg: ModelConfig) -> list[nn.Module]:
+    """Conv, ``model.norm``, ReLU for each width, kernel and stride, padded as ``model.padding`` says."""
+    mode = "replicate" if cfg.padding == "replicate" else "zeros"
+    layers: list[nn.Module] = []
+    for out_ch, k, s in zip(channels, kernels, strides):
+        conv = nn.Conv2d(in_ch, out_ch, k, stride=s, padding=conv_padding(cfg.padding, k), padding_mode=mode)
+        layers += [conv, _norm(cfg.norm, out_ch), nn.ReLU(inplace=True)]
+        in_ch = out_ch
+    return layers
+
+
 class SpatialEncoder(nn.Module):
     """Conv stack ending in spatial soft-argmax: float (B, 3, H, W) -> keypoints (B, K, 2).
 
@@ -104,26 +118,17 @@ class SpatialEncoder(nn.Module):
         super().__init__()
         deep_keypoints = cfg.num_keypoints - cfg.local_keypoints
         project = cfg.channels[-1] != deep_keypoints if cfg.project is None else cfg.project
-        mode = "replicate" if cfg.padding == "replicate" else "zeros"
-        layers: list[nn.Module] = []
-        in_ch = 3
-        for out_ch, k, s in zip(cfg.channels, cfg.kernels, cfg.strides):
-            conv = nn.Conv2d(in_ch, out_ch, k, stride=s, padding=conv_padding(cfg.padding, k), padding_mode=mode)
-            layers += [conv, _norm(cfg.norm, out_ch), nn.ReLU(inplace=True)]
-            in_ch = out_ch
+        layers = _conv_blocks(3, cfg.channels, cfg.kernels, cfg.strides, cfg)
         if project:
-            layers.append(nn.Conv2d(in_ch, deep_keypoints, 1))
+            layers.append(nn.Conv2d(cfg.channels[-1], deep_keypoints, 1))
         self.features = nn.Sequential(*layers)
         # The local keypoints' maps: the first conv's features through 1x1 convs of the later
         # layers' widths, so each answers to what one first-layer patch holds (ModelConfig.local_keypoints).
         self.local = None
         if cfg.local_keypoints:
-            local: list[nn.Module] = []
-            in_ch = cfg.channels[0]
-            for out_ch in cfg.channels[1:]:
-                local += [nn.Conv2d(in_ch, out_ch, 1), _norm(cfg.norm, out_ch), nn.ReLU(inplace=True)]
-                in_ch = out_ch
-            self.local = nn.Sequential(*local, nn.Conv2d(in_ch, cfg.local_keypoints, 1))
+            later = cfg.channels[1:]
+            local = _conv_blocks(cfg.channels[0], later, [1] * len(later), [1] * len(later), cfg)
+            self.local = nn.Sequential(*local, nn.Conv2d(later[-1], cfg.local_keypoints, 1))
         self.softmax_channels = cfg.num_keypoints
         self.softmax = SpatialSoftmax(cfg.temperature, cfg.learn_temperature)
         self.centres = receptive_field_centres(cfg.kernels, cfg.strides, cfg.padding) if cfg.keypoint_frame == "image" else None
@@ -133,8 +138,8 @@ class SpatialEncoder(nn.Module):
         maps first, then those of the whole stack."""
         if self.local is None:
             return self.features(x)
-        first = self.features[:3](x)  # the first conv, its norm and ReLU
-        return torch.cat([self.local(first), self.features[3:](first)], dim=1)
+        first = self.features[:_BLOCK](x)  # the first conv, its norm and ReLU
+        return torch.cat([self.local(first), self.features[_BLOCK:](first)], dim=1)
 
     def forward(self, images: torch.Tensor, **outputs):
         """Keypoints; with ``return_attention``/``return_presence``/... (see SpatialSoftmax) a
