@@ -1,11 +1,14 @@
 """Benchmark: keypoint quality per scene over seeds, for one set of settings.
 
     python bench/keypoint_quality.py --name default [--scenes reacher pusher push_block] [--seeds 3]
-        [--first-seed 0] [--out bench/results/keypoint_quality] [-- OVERRIDE ...]
+        [--first-seed 0] [--workers 1] [--out bench/results/keypoint_quality] [-- OVERRIDE ...]
 
 Runs ``scripts/train.py env=<scene> seed=<s> <OVERRIDES>`` for every scene and for ``--seeds``
-seeds from ``--first-seed`` on (0, 1, 2 by default), one run at a time (a run already uses both
-cores of a small machine), each into ``<out>/<name>/<scene>-seed<s>``. A finished run (its
+seeds from ``--first-seed`` on (0, 1, 2 by default), ``--workers`` runs at a time (1 by default: a
+run already uses both cores of a small machine; on a GPU machine with many cores, several runs
+share the GPU: set ``OMP_NUM_THREADS`` to the cores over the workers, and collect each scene's
+dataset first with ``scripts/collect.py`` so that no two runs collect it at once), each into
+``<out>/<name>/<scene>-seed<s>``. A finished run (its
 ``metrics.json`` exists) is read, not run again; an interrupted one resumes from its checkpoint,
 so the benchmark can be split across sessions; runs there of other overrides are refused (give
 the settings another ``--name``).
@@ -73,11 +76,13 @@ def main() -> None:
     parser.add_argument("--scenes", nargs="+", default=["reacher", "pusher", "push_block"])
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds")
     parser.add_argument("--first-seed", type=int, default=0, help="the first of them (later seeds follow it)")
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time")
     parser.add_argument("--out", default="bench/results/keypoint_quality")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args()
-    if args.seeds < 1 or args.first_seed < 0:
-        parser.error(f"--seeds must be >= 1 and --first-seed >= 0, got {args.seeds} and {args.first_seed}")
+    if args.seeds < 1 or args.first_seed < 0 or args.workers < 1:
+        parser.error(f"--seeds and --workers must be >= 1 and --first-seed >= 0, got {args.seeds}, {args.workers} "
+                     f"and {args.first_seed}")
     out = Path(args.out).resolve()
     started = time.perf_counter()
     path = out / f"{args.name}.json"
@@ -86,7 +91,7 @@ def main() -> None:
     summary: dict = {"name": args.name, "overrides": args.overrides, "scenes": dict(kept)}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     jobs = {scene: [job(out, args.name, scene, s, args.overrides) for s in seeds] for scene in args.scenes}
-    done = run_jobs([j for scene_jobs in jobs.values() for j in scene_jobs], workers=1)
+    done = run_jobs([j for scene_jobs in jobs.values() for j in scene_jobs], workers=args.workers)
     for scene, scene_jobs in jobs.items():
         runs = [done[j.name] for j in scene_jobs]
         summary["scenes"][scene] = {"seeds": seeds, "objects": summarise(runs),

@@ -112,11 +112,12 @@ def test_push_benchmark_names_an_unfinished_expert_and_students_of_another_teach
 
 
 def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp_path):
-    from tests.test_e2e import tiny_overrides
+    from tests.test_e2e import script, tiny_overrides
 
     overrides = [o for o in tiny_overrides(tmp_path, "unused", steps=6) if not o.startswith("hydra.run.dir")]
     args = ["--name", "tiny", "--scenes", "reacher", "--seeds", "2", "--out", str(tmp_path / "kq"), "--", *overrides]
-    run("keypoint_quality.py", *args)
+    script("collect.py", *overrides)  # the dataset first, so that the two seeds can train at once
+    run("keypoint_quality.py", "--workers", "2", *args)
     summary = json.loads((tmp_path / "kq" / "tiny.json").read_text())
     target = summary["scenes"]["reacher"]["objects"]["target"]
     assert len(target["probe_r2"]) == 2 and len(target["keypoint_err_px"]) == 2

@@ -80,15 +80,22 @@ def test_device_resident_and_pinned_samplers_draw_the_same_batches(tiny_dataset)
 def test_compiled_step_matches_eager_on_cuda(tmp_path, tiny_dataset):
     from dsae.data import TripleSampler, load_dataset
     from dsae.train import TrainStep
+    import torch._inductor.config as inductor_config
 
     dataset = load_dataset(tiny_dataset[1])
     losses = {}
-    for compiled in (False, True):
-        cfg, model = tiny_cuda_model(tmp_path)
-        step = TrainStep(model, replace(cfg.train, compile=compiled, amp="none"), CUDA)
-        sampler = TripleSampler(dataset, np.arange(6), CUDA, seed=0)
-        losses[compiled] = [float(step(sampler.sample(16))["loss"]) for _ in range(5)]
-    assert losses[True] == pytest.approx(losses[False], rel=1e-3), losses
+    # The loss draws random angles (equivariance term): compiled code draws them with the
+    # inductor's own generator unless told to fall back to eager's, which makes the two comparable.
+    with inductor_config.patch(fallback_random=True):
+        for compiled in (False, True):
+            cfg, model = tiny_cuda_model(tmp_path)
+            step = TrainStep(model, replace(cfg.train, compile=compiled, amp="none"), CUDA)
+            sampler = TripleSampler(dataset, np.arange(6), CUDA, seed=0)
+            losses[compiled] = [float(step(sampler.sample(16))["loss"]) for _ in range(5)]
+    # The same weights and batch give the same loss; later steps drift apart by rounding alone (the
+    # compiled kernels sum in another order), measured at up to 1.5e-3 after five steps.
+    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-5), losses
+    assert losses[True] == pytest.approx(losses[False], rel=1e-2), losses
 
 
 def test_a_run_with_device_auto_trains_on_cuda_and_its_encoder_loads_anywhere(tmp_path, tiny_dataset):
