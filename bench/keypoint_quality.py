@@ -6,18 +6,17 @@
 Runs ``scripts/train.py env=<scene> seed=<s> <OVERRIDES>`` for every scene and for ``--seeds``
 seeds from ``--first-seed`` on (0, 1, 2 by default), ``--workers`` runs at a time (1 by default: a
 run already uses both cores of a small machine; on a GPU machine with many cores, several runs
-share the GPU: set ``OMP_NUM_THREADS`` to the cores over the workers, and collect each scene's
+share the GPU: give each its share of the cores (``OMP_NUM_THREADS``), and collect each scene's
 dataset first with ``scripts/collect.py`` so that no two runs collect it at once), each into
-``<out>/<name>/<scene>-seed<s>``. A finished run (its
-``metrics.json`` exists) is read, not run again; an interrupted one resumes from its checkpoint,
-so the benchmark can be split across sessions; runs there of other overrides are refused (give
-the settings another ``--name``).
+``<out>/<name>/<scene>-seed<s>``. A finished run (its ``metrics.json`` exists) is read, not run
+again; an interrupted one resumes from its checkpoint, so the benchmark can be split across
+sessions; runs there of other overrides are refused (give the settings another ``--name``).
 Writes ``<out>/<name>.json``: per scene and object the per-seed linear-probe R² and
 ``keypoint_err_px`` (the single best keypoint's held-out pixel error) with their mean and std,
 and the wall time of every run; prints the same as a Markdown table. Scenes that an earlier call
 with the same overrides wrote there, and this call did not run, are kept (so scenes may be run
-with different numbers of seeds). Seeds change the weights
-and batches; every seed of a scene trains on the same dataset (``data.seed`` is not changed).
+with different numbers of seeds). Seeds change the weights and batches; every seed of a scene
+trains on the same dataset (``data.seed`` is not changed).
 """
 
 from __future__ import annotations
