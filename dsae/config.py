@@ -80,6 +80,7 @@ class ModelConfig:
     separation_sigma: float = 0.1  # separation penalty's reach, normalised units
     equivariance_weight: float = 0.01  # 0 = off (paper); weight of ||keypoints(turned frame) - turned keypoints||^2 (Thewlis et al. 2017): the middle frame of one triple in four turned about the image centre; only keypoints that have found something count
     equivariance_angle: float = 180.0  # the turn is uniform within +-this many degrees
+    local_warmup: float = 0.0  # transport: for this share of the steps only the local keypoints' windows open (the rest wait), so the keypoints that answer to small patches take the small objects first
 
     def __post_init__(self) -> None:
         if not (len(self.channels) == len(self.kernels) == len(self.strides)) or not self.channels:
@@ -104,6 +105,11 @@ class ModelConfig:
             raise ConfigError(
                 "model.local_keypoints needs maps of one size whose cells look at the same pixels: two or more convs, "
                 "odd kernels at stride 1 after the first, and padding same or replicate (not valid)")
+        if not 0 <= self.local_warmup < 1:
+            raise ConfigError(f"model.local_warmup must be in [0, 1), got {self.local_warmup}")
+        if self.local_warmup and (not self.local_keypoints or self.decoder != "transport"):
+            raise ConfigError("model.local_warmup opens only the local keypoints' windows of the transport decoder: "
+                              "set model.local_keypoints > 0 and model.decoder=transport, or model.local_warmup=0")
         if not 0 < self.equivariance_angle <= 180:
             raise ConfigError(f"model.equivariance_angle must be in (0, 180] degrees, got {self.equivariance_angle}")
         if self.decoder_sigma_end is not None and not self.decoder_sigma_end > 0:

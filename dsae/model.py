@@ -241,12 +241,14 @@ class TransportDecoder(nn.Module):
         self.net = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, _recon_channels(cfg), 3, padding=1))
         # The scene's median colour image at the reconstruction size, set by set_background().
         self.register_buffer("scene", torch.full((1, 3, cfg.recon_size, cfg.recon_size), 0.5))
+        self.open_keypoints: Optional[int] = None  # only the first this many keypoints open a window (None: all)
 
     def forward(self, keypoints: torch.Tensor, images: Optional[torch.Tensor] = None) -> torch.Tensor:
         if images is None:
             raise ValueError("the transport decoder reconstructs from the frames' features: pass images too")
         frames = F.interpolate(to_float_images(images), size=(self.size, self.size), mode="area")
-        window = gaussian_maps(keypoints, self.size, self.sigma).amax(dim=1, keepdim=True)  # (B, 1, h, w)
+        shown = keypoints[:, :self.open_keypoints]
+        window = gaussian_maps(shown, self.size, self.sigma).amax(dim=1, keepdim=True)  # (B, 1, h, w)
         mixed = (1 - window) * self.features(self.scene) + window * self.features(frames)
         return _as_recon(self.net(mixed), self.cfg) + 0.5
 
@@ -335,6 +337,15 @@ class DeepSpatialAutoencoder(nn.Module):
         if isinstance(self.decoder, TransportDecoder):
             colour = F.interpolate(to_float_images(frames), size=(self.cfg.recon_size,) * 2, mode="area")
             self.decoder.scene.copy_(colour.median(dim=0).values[None])
+
+    def set_progress(self, progress: float) -> None:
+        """Set what changes over training (0 to 1): the decoder's window std
+        (:func:`decoder_sigma_at`) and, during ``model.local_warmup``, which keypoints open windows."""
+        if hasattr(self.decoder, "sigma"):
+            self.decoder.sigma = decoder_sigma_at(self.cfg, progress)
+        if isinstance(self.decoder, TransportDecoder):
+            warming = progress < self.cfg.local_warmup
+            self.decoder.open_keypoints = self.cfg.local_keypoints if warming else None
 
     def forward(self, images: torch.Tensor):
         keypoints = self.encoder(images)

@@ -45,7 +45,7 @@ from dsae.errors import ConfigError
 from dsae.evaluate import evaluate_model, reconstruction_mse
 from dsae.logger import Logger
 from dsae.sources import default_import_dir, import_recording
-from dsae.model import DeepSpatialAutoencoder, decoder_sigma_at, recon_target
+from dsae.model import DeepSpatialAutoencoder, recon_target
 
 
 def dataset_dir(cfg: Config) -> Path:
@@ -229,8 +229,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, torch.Tensor]:
         t0 = time.perf_counter()
-        if hasattr(self.model.decoder, "sigma"):
-            self.model.decoder.sigma = decoder_sigma_at(self.cfg.model, self.step / max(self.cfg.train.steps - 1, 1))
+        self.model.set_progress(self.step / max(self.cfg.train.steps - 1, 1))
         parts = self.step_fn(self.sampler.sample(self.cfg.train.batch_size)[self.share])
         if not torch.isfinite(parts["loss"]):
             raise FloatingPointError(f"loss became {float(parts['loss'])} at step {self.step + 1}; lower train.lr")

@@ -264,6 +264,30 @@ def test_transport_decoder_sees_the_frame_only_through_windows_at_the_keypoints(
         decoder(keypoints)
 
 
+def test_local_warmup_opens_only_the_local_keypoints_windows_until_its_share_of_training():
+    """model.local_warmup: before that share of training the wide keypoints open no window (moving
+    one changes nothing), after it they do; the window std follows decoder_sigma_at throughout."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=[8, 8], kernels=[3, 3], strides=[2, 1], num_keypoints=2, local_keypoints=1,
+                      recon_size=16, local_warmup=0.3)
+    model = DeepSpatialAutoencoder(cfg, 32).eval()
+    frames = torch.randint(0, 255, (1, 32, 32, 3), dtype=torch.uint8)
+    local_only, both = torch.tensor([[[-0.5, -0.5], [0.5, 0.5]]]), torch.tensor([[[-0.5, -0.5], [0.5, -0.2]]])
+    with torch.no_grad():
+        model.set_progress(0.2)
+        assert model.decoder.sigma == pytest.approx(0.1 - 0.03 * 0.2)
+        torch.testing.assert_close(model.decoder(both, frames), model.decoder(local_only, frames))
+        model.set_progress(0.3)
+        assert (model.decoder(both, frames) - model.decoder(local_only, frames)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("kwargs", [dict(local_warmup=0.3), dict(local_warmup=0.3, local_keypoints=4, decoder="gaussian"),
+                                     dict(local_warmup=1.0, local_keypoints=4)])
+def test_local_warmup_needs_local_keypoints_a_transport_decoder_and_a_share_below_one(kwargs):
+    with pytest.raises(ConfigError, match="local_warmup"):
+        ModelConfig(**kwargs)
+
+
 def test_decoder_sigma_at_moves_linearly_to_decoder_sigma_end():
     from dsae.model import decoder_sigma_at
 

@@ -141,23 +141,29 @@ def test_the_gaussian16_model_in_colour_trains_probes_and_films(tiny_dataset, tm
 
 def test_the_decoder_window_narrows_over_training_to_decoder_sigma_end(tiny_dataset, tmp_path, monkeypatch):
     """model.decoder_sigma_end: the windows start at decoder_sigma, narrow step by step and end at
-    decoder_sigma_end, the width a model rebuilt from the run's config draws with."""
+    decoder_sigma_end, the width a model rebuilt from the run's config draws with; during
+    model.local_warmup only the local keypoints open windows, and after it (and when rebuilt) all."""
     from dsae.model import DeepSpatialAutoencoder, TransportDecoder
 
-    widths = []
+    widths, opened = [], []
     forward = TransportDecoder.forward
 
     def recording(self, keypoints, images=None):
         if self.training:
             widths.append(self.sigma)
+            opened.append(self.open_keypoints)
         return forward(self, keypoints, images)
 
     monkeypatch.setattr(TransportDecoder, "forward", recording)
     cfg, _ = tiny_dataset
-    cfg = replace(cfg, model=replace(cfg.model, decoder="transport", decoder_sigma=0.1, decoder_sigma_end=0.05),
-                  train=replace(cfg.train, steps=11))
+    model = replace(cfg.model, decoder="transport", decoder_sigma=0.1, decoder_sigma_end=0.05, local_keypoints=2,
+                    local_warmup=0.3)
+    cfg = replace(cfg, model=model, train=replace(cfg.train, steps=11))
     run_training(cfg, tmp_path / "run", progress=False)
     assert len(widths) == 11 and widths[0] == 0.1 and abs(widths[-1] - 0.05) < 1e-12
     assert all(a > b for a, b in zip(widths, widths[1:]))
-    assert DeepSpatialAutoencoder(cfg.model, 32).decoder.sigma == 0.05
+    rebuilt = DeepSpatialAutoencoder(cfg.model, 32).decoder
+    assert rebuilt.sigma == 0.05 and rebuilt.open_keypoints is None
+    # model.local_warmup=0.3 of 11 steps (progress step / 10): steps 0-2 open only the 2 local keypoints' windows.
+    assert opened == [2, 2, 2] + [None] * 8
 
