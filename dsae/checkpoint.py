@@ -35,6 +35,8 @@ RUN_ROOTS = (Path("outputs"), Path("multirun"))  # where Hydra puts single runs 
 MODEL_SETTINGS_SAVED_BEFORE = {  # model settings added since checkpoints were saved, as those were trained
     "keypoint_frame": "grid",  # saved before model.keypoint_frame: its keypoints are in that frame
     "decoder_sigma_end": None,  # saved before model.decoder_sigma_end: its windows never narrowed
+    "local_keypoints": 0,  # saved before model.local_keypoints: every keypoint read the whole stack
+    "local_warmup": 0.0,  # saved before model.local_warmup: every window opened from the first step
 }
 RUNTIME_SETTINGS = ("device", "threads", "progress", "logger", "resume", "train.resume", "data.workers",
                     "train.log_every", "train.eval_every", "train.image_every", "train.checkpoint_every",

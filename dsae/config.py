@@ -56,12 +56,12 @@ class ModelConfig:
     """The ``model`` group: architecture and loss (``model=finn2016`` is the paper's)."""
 
     channels: list[int] = field(default_factory=lambda: [64, 32, 16])  # conv widths of the encoder
-    kernels: list[int] = field(default_factory=lambda: [7, 3, 3])  # conv kernel sizes (paper: 7, 5, 5)
+    kernels: list[int] = field(default_factory=lambda: [3, 3, 3])  # conv kernel sizes (paper: 7, 5, 5)
     strides: list[int] = field(default_factory=lambda: [2, 1, 1])  # conv strides
     padding: str = "replicate"  # valid (paper), same (zero-padded to keep each map's size) or replicate (the same, borders repeated)
     norm: str = "batch"  # none (paper), batch or group, after each conv
-    num_keypoints: int = 32  # K (paper: 16)
-    local_keypoints: int = 0  # of the K, how many read only the first conv's features (through 1x1 convs): each answers to what one patch of the first kernel's size holds, not to the shape around it
+    num_keypoints: int = 64  # K (paper: 16)
+    local_keypoints: Optional[int] = None  # of the K, how many read only the first conv's features (through 1x1 convs): each answers to what one patch of the first kernel's size holds, not to the shape around it; None: half of K (32 of 64); 0: none
     project: Optional[bool] = None  # a 1x1 conv from channels[-1] to K; None: only when they differ
     keypoint_frame: str = "image"  # image: a keypoint sits on the pixel its feature-map cell looks at (its receptive field's centre); grid: the feature grid stretched over the whole image (the paper's, and every checkpoint saved before this option)
     temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
@@ -80,7 +80,7 @@ class ModelConfig:
     separation_sigma: float = 0.1  # separation penalty's reach, normalised units
     equivariance_weight: float = 0.01  # 0 = off (paper); weight of ||keypoints(turned frame) - turned keypoints||^2 (Thewlis et al. 2017): the middle frame of one triple in four turned about the image centre; only keypoints that have found something count
     equivariance_angle: float = 180.0  # the turn is uniform within +-this many degrees
-    local_warmup: float = 0.0  # transport: for this share of the steps only the local keypoints' windows open (the rest wait), so the keypoints that answer to small patches take the small objects first
+    local_warmup: float = 0.3  # for this share of the steps only the local keypoints open windows in the transport decoder (the others wait), so the keypoints that answer to small patches take the small objects first; without local keypoints or that decoder there is nothing to hold back
 
     def __post_init__(self) -> None:
         if not (len(self.channels) == len(self.kernels) == len(self.strides)) or not self.channels:
@@ -92,8 +92,11 @@ class ModelConfig:
         check_at_least(self, "model", 1, "num_keypoints", "recon_size", "decoder_channels", "decoder_kernel")
         if self.decoder_kernel % 2 == 0:
             raise ConfigError(f"model.decoder_kernel must be an odd size >= 1, got {self.decoder_kernel}")
-        if not 0 <= self.local_keypoints <= self.num_keypoints:
-            raise ConfigError(f"model.local_keypoints must be within 0..model.num_keypoints={self.num_keypoints}, got {self.local_keypoints}")
+        if self.local_keypoints is None:
+            self.local_keypoints = self.num_keypoints // 2
+        if not 0 <= self.local_keypoints < self.num_keypoints:
+            raise ConfigError(f"model.local_keypoints must be within 0..{self.num_keypoints - 1} (fewer than "
+                              f"model.num_keypoints={self.num_keypoints}), got {self.local_keypoints}")
         if self.project is False and self.channels[-1] != self.num_keypoints - self.local_keypoints:
             raise ConfigError(
                 f"model.num_keypoints={self.num_keypoints} less model.local_keypoints={self.local_keypoints} differs from "
@@ -104,12 +107,10 @@ class ModelConfig:
                 or any(s != 1 or k % 2 == 0 for s, k in zip(self.strides[1:], self.kernels[1:]))):
             raise ConfigError(
                 "model.local_keypoints needs maps of one size whose cells look at the same pixels: two or more convs, "
-                "odd kernels at stride 1 after the first, and padding same or replicate (not valid)")
+                "odd kernels at stride 1 after the first, and padding same or replicate (not valid); "
+                "or set model.local_keypoints=0")
         if not 0 <= self.local_warmup < 1:
             raise ConfigError(f"model.local_warmup must be in [0, 1), got {self.local_warmup}")
-        if self.local_warmup and (not self.local_keypoints or self.decoder != "transport"):
-            raise ConfigError("model.local_warmup opens only the local keypoints' windows of the transport decoder: "
-                              "set model.local_keypoints > 0 and model.decoder=transport, or model.local_warmup=0")
         if not 0 < self.equivariance_angle <= 180:
             raise ConfigError(f"model.equivariance_angle must be in (0, 180] degrees, got {self.equivariance_angle}")
         if self.decoder_sigma_end is not None and not self.decoder_sigma_end > 0:

@@ -344,7 +344,7 @@ class DeepSpatialAutoencoder(nn.Module):
         if hasattr(self.decoder, "sigma"):
             self.decoder.sigma = decoder_sigma_at(self.cfg, progress)
         if isinstance(self.decoder, TransportDecoder):
-            warming = progress < self.cfg.local_warmup
+            warming = self.cfg.local_keypoints and progress < self.cfg.local_warmup
             self.decoder.open_keypoints = self.cfg.local_keypoints if warming else None
 
     def forward(self, images: torch.Tensor):

@@ -31,8 +31,9 @@ def test_groups_compose(overrides):
         assert m.kernels == [7, 5, 5] and m.decoder_channels == 32 and m.channels == [64, 32, 16]
         assert m.decoder_sigma == 0.1 and m.decoder_sigma_end is None and m.equivariance_weight == 0
     elif overrides != ["env=pusher"]:  # the setting docs/small_objects.md measured
-        assert (m.decoder, m.num_keypoints, m.keypoint_frame, m.padding) == ("transport", 32, "image", "replicate")
-        assert m.channels == [64, 32, 16] and m.kernels == [7, 3, 3] and cfg.env.image_size == 64
+        assert (m.decoder, m.num_keypoints, m.keypoint_frame, m.padding) == ("transport", 64, "image", "replicate")
+        assert m.channels == [64, 32, 16] and m.kernels == [3, 3, 3] and cfg.env.image_size == 64
+        assert (m.local_keypoints, m.local_warmup) == (32, 0.3)
 
 
 def test_misspelt_key_is_named():
@@ -126,7 +127,7 @@ def test_every_setting_has_its_meaning_written_once_beside_it(schema):
 
 def test_help_lists_every_setting_with_its_default_and_meaning():
     text = describe(Config)
-    assert "  model.num_keypoints = 32  # K (paper: 16)" in text
+    assert "  model.num_keypoints = 64  # K (paper: 16)" in text
     assert "  train.amp = 'auto'  # auto: bf16 autocast" in text
     assert "  env.name = 'reacher'" in text and "  vis.seed = 1000" in text
 

@@ -20,7 +20,7 @@ from dsae.spatial_softmax import to_pixels
 
 def test_paper_shapes_240px():
     """Finn et al. 2016: 240x240 input -> 109x109 feature maps, 16 keypoints, 60x60 recon."""
-    paper = ModelConfig(kernels=[7, 5, 5], padding="valid", norm="none", num_keypoints=16, project=False,
+    paper = ModelConfig(kernels=[7, 5, 5], padding="valid", norm="none", num_keypoints=16, local_keypoints=0, project=False,
                         keypoint_frame="grid", temperature=1.0, recon_size=60, decoder="fc", decoder_hidden=[])
     model = DeepSpatialAutoencoder(paper, 240)
     assert model.feature_size == (109, 109)
@@ -32,7 +32,7 @@ def test_paper_shapes_240px():
 @pytest.mark.parametrize("kernels, strides", [([7, 5, 5], [2, 1, 1]), ([4, 3], [2, 2]), ([6], [1])])
 def test_feature_size_is_the_size_of_the_maps_the_encoder_makes(padding, kernels, strides):
     """Odd and even kernels, strides 1 and 2: the size the model states is the size the convs give."""
-    cfg = ModelConfig(channels=[4] * len(kernels), kernels=kernels, strides=strides, padding=padding)
+    cfg = ModelConfig(channels=[4] * len(kernels), kernels=kernels, strides=strides, padding=padding, local_keypoints=0)
     model = DeepSpatialAutoencoder(cfg, 33)
     maps = model.encoder.features(torch.zeros(1, 3, 33, 33))
     assert model.feature_size == tuple(maps.shape[-2:])
@@ -157,7 +157,8 @@ def test_loss_decreases(decoder):
 
 
 def test_slow_term_is_zero_for_constant_velocity():
-    cfg = ModelConfig(channels=[4], kernels=[3], strides=[1], num_keypoints=4, recon_size=4, slow_weight=1.0)
+    cfg = ModelConfig(channels=[4], kernels=[3], strides=[1], num_keypoints=4, local_keypoints=0, recon_size=4,
+                      slow_weight=1.0)
     model = DeepSpatialAutoencoder(cfg, 8)
     frame = torch.randint(0, 256, (1, 1, 8, 8, 3), dtype=torch.uint8)
     _, parts = model.loss(frame.repeat(1, 3, 1, 1, 1))  # same frame thrice: zero acceleration
@@ -178,11 +179,11 @@ def test_bad_model_config(kwargs, match):
 
 def test_projection_to_k_keypoints():
     for project in (True, None):  # None: a projection because 8 differs from the last conv's 16
-        model = DeepSpatialAutoencoder(ModelConfig(num_keypoints=8, project=project), 64)
+        model = DeepSpatialAutoencoder(ModelConfig(num_keypoints=8, local_keypoints=0, project=project), 64)
         kp, _ = model(torch.zeros(1, 64, 64, 3, dtype=torch.uint8))
         assert kp.shape == (1, 8, 2)
         assert model.encoder.features[-1].out_channels == 8
-    plain = DeepSpatialAutoencoder(ModelConfig(num_keypoints=16), 64)  # 16 = 16: no projection
+    plain = DeepSpatialAutoencoder(ModelConfig(num_keypoints=16, local_keypoints=0), 64)  # 16 = 16: no projection
     assert not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in plain.encoder.features)
 
 
@@ -207,7 +208,15 @@ def test_local_keypoints_answer_only_to_their_first_layer_patch():
     assert encoder(image).shape == (1, 6, 2)
 
 
-@pytest.mark.parametrize("kwargs", [dict(local_keypoints=33), dict(local_keypoints=8, padding="valid"),
+def test_local_keypoints_default_to_half_the_keypoints():
+    assert ModelConfig().local_keypoints == 32  # of 64
+    assert ModelConfig(num_keypoints=9).local_keypoints == 4
+    assert ModelConfig(num_keypoints=8, local_keypoints=0).local_keypoints == 0
+    with pytest.raises(ConfigError, match="model.local_keypoints=0"):  # the fix is named where local maps cannot be
+        ModelConfig(padding="valid")
+
+
+@pytest.mark.parametrize("kwargs", [dict(local_keypoints=64), dict(local_keypoints=8, padding="valid"),
                                      dict(local_keypoints=8, strides=[2, 2, 1]), dict(local_keypoints=8, kernels=[3, 2, 1])])
 def test_local_keypoints_need_maps_on_one_grid(kwargs):
     with pytest.raises(ConfigError, match="local_keypoints"):
@@ -216,7 +225,7 @@ def test_local_keypoints_need_maps_on_one_grid(kwargs):
 
 def test_too_small_image_is_rejected():
     with pytest.raises(ValueError, match="too small"):
-        DeepSpatialAutoencoder(ModelConfig(padding="valid"), 12)  # 12 -> 3 -> 1 -> ... px
+        DeepSpatialAutoencoder(ModelConfig(padding="valid", local_keypoints=0), 12)  # 12 -> 5 -> 3 -> 1 px
 
 
 def test_background_is_the_median_frame_and_weights_what_differs():
@@ -281,11 +290,16 @@ def test_local_warmup_opens_only_the_local_keypoints_windows_until_its_share_of_
         assert (model.decoder(both, frames) - model.decoder(local_only, frames)).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("kwargs", [dict(local_warmup=0.3), dict(local_warmup=0.3, local_keypoints=4, decoder="gaussian"),
-                                     dict(local_warmup=1.0, local_keypoints=4)])
-def test_local_warmup_needs_local_keypoints_a_transport_decoder_and_a_share_below_one(kwargs):
+@pytest.mark.parametrize("warmup", [-0.1, 1.0])
+def test_local_warmup_is_a_share_of_training_below_one(warmup):
     with pytest.raises(ConfigError, match="local_warmup"):
-        ModelConfig(**kwargs)
+        ModelConfig(local_warmup=warmup)
+
+
+def test_without_local_keypoints_the_warmup_holds_nothing_back():
+    model = DeepSpatialAutoencoder(ModelConfig(local_keypoints=0, local_warmup=0.3), 64)
+    model.set_progress(0.0)
+    assert model.decoder.open_keypoints is None
 
 
 def test_decoder_sigma_at_moves_linearly_to_decoder_sigma_end():
@@ -346,8 +360,8 @@ def test_equivariance_error_is_zero_for_keypoints_that_turn_with_the_frame_and_n
 
 
 def _equivariance_model(temperature: float) -> DeepSpatialAutoencoder:
-    cfg = ModelConfig(channels=[4], kernels=[3], strides=[1], num_keypoints=4, recon_size=4, padding="same",
-                      temperature=temperature, learn_temperature=False, equivariance_weight=1.0)
+    cfg = ModelConfig(channels=[4], kernels=[3], strides=[1], num_keypoints=4, local_keypoints=0, recon_size=4,
+                      padding="same", temperature=temperature, learn_temperature=False, equivariance_weight=1.0)
     return DeepSpatialAutoencoder(cfg, 16)
 
 

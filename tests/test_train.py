@@ -128,7 +128,8 @@ def test_the_gaussian16_model_in_colour_trains_probes_and_films(tiny_dataset, tm
     from dsae.visualize import track_episode
 
     cfg, root = tiny_dataset
-    model_cfg = replace(cfg.model, decoder="gaussian", keypoint_frame="grid", padding="valid", recon_color=True)
+    model_cfg = replace(cfg.model, decoder="gaussian", keypoint_frame="grid", padding="valid", recon_color=True,
+                        local_keypoints=0)
     cfg = replace(cfg, model=model_cfg, train=replace(cfg.train, steps=10))
     metrics = run_training(cfg, tmp_path / "run", progress=False)
     assert set(metrics["keypoint_err_px"]) == {"fingertip", "target"} and metrics["recon_mse"] > 0
