@@ -82,6 +82,11 @@ class ModelConfig:
     equivariance_angle: float = 180.0  # the turn is uniform within +-this many degrees
     local_warmup: float = 0.3  # for this share of the steps only the local keypoints open windows in the transport decoder (the others wait), so the keypoints that answer to small patches take the small objects first; without local keypoints or that decoder there is nothing to hold back
 
+    @property
+    def local_count(self) -> int:
+        """How many of the K keypoints are local: ``local_keypoints``, or half of K when that is None."""
+        return self.num_keypoints // 2 if self.local_keypoints is None else self.local_keypoints
+
     def __post_init__(self) -> None:
         if not (len(self.channels) == len(self.kernels) == len(self.strides)) or not self.channels:
             raise ConfigError("model.channels, model.kernels and model.strides must be non-empty and of equal length")
@@ -92,17 +97,15 @@ class ModelConfig:
         check_at_least(self, "model", 1, "num_keypoints", "recon_size", "decoder_channels", "decoder_kernel")
         if self.decoder_kernel % 2 == 0:
             raise ConfigError(f"model.decoder_kernel must be an odd size >= 1, got {self.decoder_kernel}")
-        if self.local_keypoints is None:
-            self.local_keypoints = self.num_keypoints // 2
-        if not 0 <= self.local_keypoints < self.num_keypoints:
+        if not 0 <= self.local_count < self.num_keypoints:
             raise ConfigError(f"model.local_keypoints must be within 0..{self.num_keypoints - 1} (fewer than "
                               f"model.num_keypoints={self.num_keypoints}), got {self.local_keypoints}")
-        if self.project is False and self.channels[-1] != self.num_keypoints - self.local_keypoints:
+        if self.project is False and self.channels[-1] != self.num_keypoints - self.local_count:
             raise ConfigError(
-                f"model.num_keypoints={self.num_keypoints} less model.local_keypoints={self.local_keypoints} differs from "
+                f"model.num_keypoints={self.num_keypoints} less {self.local_count} local keypoints differs from "
                 f"the last conv's {self.channels[-1]} channels: set model.project=true for a 1x1 projection, or make "
                 "model.channels end in that number")
-        if self.local_keypoints and (
+        if self.local_count and (
                 self.padding == "valid" or len(self.channels) < 2
                 or any(s != 1 or k % 2 == 0 for s, k in zip(self.strides[1:], self.kernels[1:]))):
             raise ConfigError(

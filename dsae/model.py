@@ -116,19 +116,19 @@ class SpatialEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        deep_keypoints = cfg.num_keypoints - cfg.local_keypoints
+        deep_keypoints = cfg.num_keypoints - cfg.local_count
         project = cfg.channels[-1] != deep_keypoints if cfg.project is None else cfg.project
         layers = _conv_blocks(3, cfg.channels, cfg.kernels, cfg.strides, cfg)
         if project:
             layers.append(nn.Conv2d(cfg.channels[-1], deep_keypoints, 1))
         self.features = nn.Sequential(*layers)
         # The local keypoints' maps: the first conv's features through 1x1 convs of the later
-        # layers' widths, so each answers to what one first-layer patch holds (ModelConfig.local_keypoints).
+        # layers' widths, so each answers to what one first-layer patch holds (ModelConfig.local_count).
         self.local = None
-        if cfg.local_keypoints:
+        if cfg.local_count:
             later = cfg.channels[1:]
             local = _conv_blocks(cfg.channels[0], later, [1] * len(later), [1] * len(later), cfg)
-            self.local = nn.Sequential(*local, nn.Conv2d(later[-1], cfg.local_keypoints, 1))
+            self.local = nn.Sequential(*local, nn.Conv2d(later[-1], cfg.local_count, 1))
         self.softmax_channels = cfg.num_keypoints
         self.softmax = SpatialSoftmax(cfg.temperature, cfg.learn_temperature)
         self.centres = receptive_field_centres(cfg.kernels, cfg.strides, cfg.padding) if cfg.keypoint_frame == "image" else None
@@ -344,8 +344,8 @@ class DeepSpatialAutoencoder(nn.Module):
         if hasattr(self.decoder, "sigma"):
             self.decoder.sigma = decoder_sigma_at(self.cfg, progress)
         if isinstance(self.decoder, TransportDecoder):
-            warming = self.cfg.local_keypoints and progress < self.cfg.local_warmup
-            self.decoder.open_keypoints = self.cfg.local_keypoints if warming else None
+            warming = self.cfg.local_count and progress < self.cfg.local_warmup
+            self.decoder.open_keypoints = self.cfg.local_count if warming else None
 
     def forward(self, images: torch.Tensor):
         keypoints = self.encoder(images)

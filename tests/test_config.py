@@ -33,7 +33,12 @@ def test_groups_compose(overrides):
     elif overrides != ["env=pusher"]:  # the setting docs/small_objects.md measured
         assert (m.decoder, m.num_keypoints, m.keypoint_frame, m.padding) == ("transport", 64, "image", "replicate")
         assert m.channels == [64, 32, 16] and m.kernels == [3, 3, 3] and cfg.env.image_size == 64
-        assert (m.local_keypoints, m.local_warmup) == (32, 0.3)
+        assert (m.local_keypoints, m.local_count, m.local_warmup) == (None, 32, 0.3)
+
+
+def test_fewer_keypoints_from_the_command_line_keep_half_of_them_local():
+    m = to_config(_compose(["model.num_keypoints=8"])).model
+    assert (m.num_keypoints, m.local_count) == (8, 4)
 
 
 def test_misspelt_key_is_named():

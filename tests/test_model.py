@@ -209,9 +209,9 @@ def test_local_keypoints_answer_only_to_their_first_layer_patch():
 
 
 def test_local_keypoints_default_to_half_the_keypoints():
-    assert ModelConfig().local_keypoints == 32  # of 64
-    assert ModelConfig(num_keypoints=9).local_keypoints == 4
-    assert ModelConfig(num_keypoints=8, local_keypoints=0).local_keypoints == 0
+    assert ModelConfig().local_count == 32  # of 64
+    assert ModelConfig(num_keypoints=9).local_count == 4
+    assert ModelConfig(num_keypoints=8, local_keypoints=0).local_count == 0
     with pytest.raises(ConfigError, match="model.local_keypoints=0"):  # the fix is named where local maps cannot be
         ModelConfig(padding="valid")
 
