@@ -49,6 +49,7 @@ NORMS = ("none", "batch", "group")
 DATA_SOURCES = ("collect", "videos", "hdf5")
 EXPLORATION_POLICIES = ("pd", "random")  # data.policy values other than a run folder
 DECODERS = ("gaussian", "fc", "transport")
+RECON_LOSSES = ("mse", "l1")
 
 
 @dataclass
@@ -75,6 +76,7 @@ class ModelConfig:
     decoder_sigma_end: Optional[float] = 0.07  # gaussian, transport: the window std the training ends with, reached linearly from decoder_sigma (the wide start finds the objects, the narrow end centres keypoints on them); null: decoder_sigma throughout
     decoder_kernel: int = 3  # gaussian: conv kernel size; 1 lets a keypoint draw only around itself
     slow_weight: float = 0.01  # weight of g_slow in the loss (paper: 1.0)
+    recon_loss: str = "mse"  # mse (paper) or l1: the per-pixel reconstruction error; l1 weighs a faint object's pixels by its contrast, not its contrast squared
     foreground_weight: float = 0.0  # pixels weigh 1 + this * |target - the scene's median image|
     separation_weight: float = 0.0  # weight of a penalty on keypoints closer than separation_sigma
     separation_sigma: float = 0.1  # separation penalty's reach, normalised units
@@ -94,6 +96,7 @@ class ModelConfig:
         check_choice(self.keypoint_frame, "model.keypoint_frame", KEYPOINT_FRAMES)
         check_choice(self.norm, "model.norm", NORMS)
         check_choice(self.decoder, "model.decoder", DECODERS)
+        check_choice(self.recon_loss, "model.recon_loss", RECON_LOSSES)
         check_at_least(self, "model", 1, "num_keypoints", "recon_size", "decoder_channels", "decoder_kernel")
         if self.decoder_kernel % 2 == 0:
             raise ConfigError(f"model.decoder_kernel must be an odd size >= 1, got {self.decoder_kernel}")

@@ -354,7 +354,7 @@ class DeepSpatialAutoencoder(nn.Module):
     def loss(self, triples: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss on frame triples uint8 (B, 3, H, W, 3) (consecutive frames t-1, t, t+1).
 
-        Reconstruction MSE over all three frames plus ``slow_weight`` * mean g_slow (plus the
+        Reconstruction error (``model.recon_loss``: MSE or L1) over all three frames plus ``slow_weight`` * mean g_slow (plus the
         separation and equivariance terms when their weights are set). The parts come back
         detached (no device sync here; call ``float()`` when logging).
         """
@@ -367,12 +367,14 @@ class DeepSpatialAutoencoder(nn.Module):
             keypoints, equivariance = self.encoder(x), None
         recon = self.decoder(keypoints, images)
         target = recon_target(images, self.cfg)
+        error = recon.float() - target
+        error = error.abs() if self.cfg.recon_loss == "l1" else error.pow(2)
         if self.cfg.foreground_weight > 0:
             # What differs from the static scene (the objects, wherever they are) weighs more.
             weight = 1.0 + self.cfg.foreground_weight * (target - self.background).abs()
-            recon_loss = (weight * (recon.float() - target) ** 2).mean() / weight.mean()
+            recon_loss = (weight * error).mean() / weight.mean()
         else:
-            recon_loss = F.mse_loss(recon, target)
+            recon_loss = error.mean()
         mse = F.mse_loss(recon.detach().float(), target)
         f = keypoints.view(b, 3, -1, 2)
         slow = ((f[:, 2] - f[:, 1]) - (f[:, 1] - f[:, 0])).pow(2).sum(-1).mean()

@@ -244,6 +244,25 @@ def test_background_is_the_median_frame_and_weights_what_differs():
     assert not torch.isclose(weighted, plain), "the pixels that differ from the background weigh more"
 
 
+@pytest.mark.parametrize("recon_loss", ["mse", "l1"])
+def test_recon_loss_is_the_mean_per_pixel_error_of_its_kind(recon_loss):
+    cfg = ModelConfig(channels=[8, 4], kernels=[5, 3], strides=[2, 1], num_keypoints=4, recon_size=8,
+                      slow_weight=0.0, equivariance_weight=0.0, local_keypoints=0, recon_loss=recon_loss)
+    model = DeepSpatialAutoencoder(cfg, 32).eval()
+    triples = torch.randint(0, 256, (2, 3, 32, 32, 3), dtype=torch.uint8)
+    total, parts = model.loss(triples)
+    images = triples.flatten(0, 1)
+    error = model(images)[1] - recon_target(images, cfg)
+    expected = error.abs().mean() if recon_loss == "l1" else error.pow(2).mean()
+    torch.testing.assert_close(total, expected)
+    torch.testing.assert_close(parts["recon_mse"], error.pow(2).mean())  # logged as MSE either way
+
+
+def test_unknown_recon_loss_is_refused():
+    with pytest.raises(ConfigError, match="model.recon_loss"):
+        ModelConfig(recon_loss="l2")
+
+
 def test_separation_penalty_is_one_when_crowded_and_vanishes_when_apart():
     from dsae.model import separation_penalty
 
