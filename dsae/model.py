@@ -354,9 +354,10 @@ class DeepSpatialAutoencoder(nn.Module):
     def loss(self, triples: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss on frame triples uint8 (B, 3, H, W, 3) (consecutive frames t-1, t, t+1).
 
-        Reconstruction error (``model.recon_loss``: MSE or L1) over all three frames plus ``slow_weight`` * mean g_slow (plus the
-        separation and equivariance terms when their weights are set). The parts come back
-        detached (no device sync here; call ``float()`` when logging).
+        Reconstruction error (``model.recon_loss``: MSE or L1) over all three frames plus
+        ``slow_weight`` * mean g_slow (plus the separation and equivariance terms when their
+        weights are set). The parts come back detached (no device sync here; call ``float()``
+        when logging); ``recon_mse`` is the MSE whichever error trains.
         """
         b = triples.shape[0]
         images = triples.flatten(0, 1)
