@@ -368,15 +368,15 @@ class DeepSpatialAutoencoder(nn.Module):
             keypoints, equivariance = self.encoder(x), None
         recon = self.decoder(keypoints, images)
         target = recon_target(images, self.cfg)
-        error = recon.float() - target
-        error = error.abs() if self.cfg.recon_loss == "l1" else error.pow(2)
+        difference = recon.float() - target
+        error = difference.abs() if self.cfg.recon_loss == "l1" else difference.pow(2)
         if self.cfg.foreground_weight > 0:
             # What differs from the static scene (the objects, wherever they are) weighs more.
             weight = 1.0 + self.cfg.foreground_weight * (target - self.background).abs()
             recon_loss = (weight * error).mean() / weight.mean()
         else:
             recon_loss = error.mean()
-        mse = F.mse_loss(recon.detach().float(), target)
+        mse = difference.detach().pow(2).mean()
         f = keypoints.view(b, 3, -1, 2)
         slow = ((f[:, 2] - f[:, 1]) - (f[:, 1] - f[:, 0])).pow(2).sum(-1).mean()
         total = recon_loss + self.cfg.slow_weight * slow
