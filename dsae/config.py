@@ -82,6 +82,7 @@ class ModelConfig:
     separation_sigma: float = 0.1  # separation penalty's reach, normalised units
     equivariance_weight: float = 0.01  # 0 = off (paper); weight of ||keypoints(turned frame) - turned keypoints||^2 (Thewlis et al. 2017): the middle frame of one triple in four turned about the image centre; only keypoints that have found something count
     equivariance_angle: float = 180.0  # the turn is uniform within +-this many degrees
+    scene_difference: bool = False  # the encoder also reads each frame less the scene's median frame (6 input channels), so what differs from the static scene stands out even where it is faint against it (a grey arm on a grey table)
     local_warmup: float = 0.3  # for this share of the steps only the local keypoints open windows in the transport decoder (the others wait), so the keypoints that answer to small patches take the small objects first; without local keypoints or that decoder there is nothing to hold back
 
     @property

@@ -114,11 +114,11 @@ class SpatialEncoder(nn.Module):
     far as the object does.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, image_size: Optional[int] = None):
         super().__init__()
         deep_keypoints = cfg.num_keypoints - cfg.local_count
         project = cfg.channels[-1] != deep_keypoints if cfg.project is None else cfg.project
-        layers = _conv_blocks(3, cfg.channels, cfg.kernels, cfg.strides, cfg)
+        layers = _conv_blocks(6 if cfg.scene_difference else 3, cfg.channels, cfg.kernels, cfg.strides, cfg)
         if project:
             layers.append(nn.Conv2d(cfg.channels[-1], deep_keypoints, 1))
         self.features = nn.Sequential(*layers)
@@ -132,10 +132,24 @@ class SpatialEncoder(nn.Module):
         self.softmax_channels = cfg.num_keypoints
         self.softmax = SpatialSoftmax(cfg.temperature, cfg.learn_temperature)
         self.centres = receptive_field_centres(cfg.kernels, cfg.strides, cfg.padding) if cfg.keypoint_frame == "image" else None
+        if cfg.scene_difference and image_size is None:
+            raise ValueError("model.scene_difference needs the image size: SpatialEncoder(cfg, image_size)")
+        # The scene's median frame (1, 3, H, W) with model.scene_difference, set by DeepSpatialAutoencoder.set_background.
+        self.register_buffer("scene", torch.full((1, 3, image_size, image_size), 0.5) if cfg.scene_difference else None)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """What the first conv reads: float images (B, 3, H, W) -> (B, 3, H, W), or with
+        ``model.scene_difference`` (B, 6, H, W): the frames and the frames less the scene's median frame."""
+        if self.scene is None:
+            return x
+        if x.shape[-2:] != self.scene.shape[-2:]:
+            raise ValueError(f"this encoder was trained on {tuple(self.scene.shape[-2:])} frames of its scene, "
+                             f"got {tuple(x.shape[-2:])}: render the scene at the encoder's image size")
+        return torch.cat([x, x - self.scene], dim=1)
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """One map per keypoint: float images (B, 3, H, W) -> (B, K, h, w); the local keypoints'
-        maps first, then those of the whole stack."""
+        """One map per keypoint: the first conv's input (B, 3 or 6, H, W; ``inputs``) -> (B, K, h, w);
+        the local keypoints' maps first, then those of the whole stack."""
         if self.local is None:
             return self.features(x)
         first = self.features[:_BLOCK](x)  # the first conv, its norm and ReLU
@@ -144,7 +158,7 @@ class SpatialEncoder(nn.Module):
     def forward(self, images: torch.Tensor, **outputs):
         """Keypoints; with ``return_attention``/``return_presence``/... (see SpatialSoftmax) a
         SoftArgmaxResult (its covariance in the keypoints' frame, its attention on the feature grid)."""
-        x = to_float_images(images)
+        x = self.inputs(to_float_images(images))
         return self.locate(self.feature_maps(x), x.shape[-2:], **outputs)
 
     def locate(self, features: torch.Tensor, image_size: tuple[int, int], **outputs):
@@ -266,7 +280,7 @@ def separation_penalty(keypoints: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def rotate_frames(images: torch.Tensor, angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames float (B, 3, H, W) turned by ``angles`` (B,) radians about the image centre (borders
+    """Frames float (B, C, H, W) turned by ``angles`` (B,) radians about the image centre (borders
     repeated), and the (B, 2, 2) matrices R that carry a keypoint (x, y) of a frame, as a row
     vector in normalised coordinates, to its place in the turned frame: p @ R."""
     cos, sin = angles.cos(), angles.sin()
@@ -314,7 +328,7 @@ class DeepSpatialAutoencoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.image_size = image_size
-        self.encoder = SpatialEncoder(cfg)
+        self.encoder = SpatialEncoder(cfg, image_size)
         self.decoder = make_decoder(cfg)
         size = image_size
         for k, s in zip(cfg.kernels, cfg.strides):
@@ -323,7 +337,8 @@ class DeepSpatialAutoencoder(nn.Module):
             raise ConfigError(f"image_size={image_size} is too small for this encoder (its feature maps would be {size}x{size})")
         self.feature_size = (size, size)
         # The scene's static image (B-independent, recon_shape): the per-pixel median of training frames,
-        # set by set_background() before training; saved with the weights.
+        # set by set_background() before training; saved with the weights (as is the encoder's
+        # full-size median frame with model.scene_difference).
         self.register_buffer("background", torch.full(recon_shape(cfg), 0.5))
 
     @torch.no_grad()
@@ -332,6 +347,8 @@ class DeepSpatialAutoencoder(nn.Module):
         which the foreground weighting compares against and the Gaussian decoder starts from."""
         median = recon_target(frames, self.cfg).median(dim=0).values
         self.background.copy_(median)
+        if self.encoder.scene is not None:
+            self.encoder.scene.copy_(to_float_images(frames.median(dim=0).values[None]))
         if isinstance(self.decoder, GaussianDecoder):
             self.decoder.background.copy_(median)
         if isinstance(self.decoder, TransportDecoder):
@@ -392,7 +409,9 @@ class DeepSpatialAutoencoder(nn.Module):
         """Keypoints (3B, K, 2) of the frames of B triples, float (3B, 3, H, W), and the
         equivariance error of the middle frames of the first B // EQUIVARIANCE_SHARE triples,
         each turned by a random angle: all from one encoder batch, so that batch norm sees one
-        set of statistics in training."""
+        set of statistics in training. The first conv's inputs are turned, the frames less the
+        scene's median frame with them, so that a turned frame is still compared with its own scene."""
+        x = self.encoder.inputs(x)
         turns = max(1, len(x) // 3 // EQUIVARIANCE_SHARE)
         angles = (torch.rand(turns, device=x.device) * 2 - 1) * math.radians(self.cfg.equivariance_angle)
         middle = slice(1, 3 * turns, 3)  # the middle frames of the first `turns` triples

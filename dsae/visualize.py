@@ -133,7 +133,7 @@ def temperature_panel(model, frame: np.ndarray, temperatures: list[float], devic
                       cell: int = 48) -> np.ndarray:
     """One frame (left) and its per-keypoint attention maps at each softmax temperature
     (rows, in the given order; columns: keypoints), each map scaled to [0, 1]."""
-    features = model.encoder.feature_maps(to_float_images(torch.from_numpy(frame[None]).to(device)))
+    features = model.encoder.feature_maps(model.encoder.inputs(to_float_images(torch.from_numpy(frame[None]).to(device))))
     k = features.shape[1]
     rows = [heatmap_grid(spatial_soft_argmax_full(features, t, return_attention=True).attention[0], k, cell)
             for t in temperatures]

@@ -244,6 +244,38 @@ def test_background_is_the_median_frame_and_weights_what_differs():
     assert not torch.isclose(weighted, plain), "the pixels that differ from the background weigh more"
 
 
+def test_scene_difference_reads_each_frame_less_the_scenes_median_frame():
+    """model.scene_difference: the first conv reads 6 channels, the last 3 the frame less the
+    median of the frames set_background saw; a frame of another size is refused; the loss (with
+    the equivariance term, which turns the 6-channel input) trains."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=[8, 4], kernels=[3, 3], strides=[2, 1], num_keypoints=4, recon_size=8,
+                      scene_difference=True)
+    model = DeepSpatialAutoencoder(cfg, 16)
+    assert model.encoder.features[0].in_channels == 6
+    frames = torch.full((5, 16, 16, 3), 100, dtype=torch.uint8)
+    frames[0, :4, :4] = 255  # one frame differs: the median ignores it
+    model.set_background(frames)
+    torch.testing.assert_close(model.encoder.scene, torch.full((1, 3, 16, 16), 100 / 255))
+    inputs = model.encoder.inputs(to_float_images(frames[:2]))
+    assert inputs.shape == (2, 6, 16, 16)
+    torch.testing.assert_close(inputs[0, 3:, :4, :4], torch.full((3, 4, 4), 155 / 255))  # where frame 0 differs
+    torch.testing.assert_close(inputs[1, 3:], torch.zeros(3, 16, 16))  # a frame like the scene: no difference
+    assert "encoder.scene" in model.state_dict()  # saved with the weights: the encoder carries its scene
+    with pytest.raises(ValueError, match=r"trained on \(16, 16\) frames"):
+        model.encoder(torch.zeros(1, 32, 32, 3, dtype=torch.uint8))
+    triples = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss, parts = model.loss(triples)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+    assert "equivariance" in parts and losses[-1] < losses[0]
+
+
 @pytest.mark.parametrize("recon_loss", ["mse", "l1"])
 def test_recon_loss_is_the_mean_per_pixel_error_of_its_kind(recon_loss):
     cfg = ModelConfig(channels=[8, 4], kernels=[5, 3], strides=[2, 1], num_keypoints=4, recon_size=8,
