@@ -24,6 +24,7 @@ from dsae.errors import ConfigError
 from dsae.spatial_softmax import SpatialSoftmax
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
+BACKGROUND_TOLERANCE = 0.04  # model.background_jitter: a pixel within this of the scene's median frame in every channel is scene
 EQUIVARIANCE_SHARE = 4  # model.equivariance_weight turns the middle frame of one triple in this many (1/12 more images through the encoder)
 
 
@@ -291,6 +292,22 @@ def rotate_frames(images: torch.Tensor, angles: torch.Tensor) -> tuple[torch.Ten
     return F.grid_sample(images, grid, padding_mode="border", align_corners=True), rotation
 
 
+def recolour_background(frames: torch.Tensor, median: torch.Tensor, triples: int) -> torch.Tensor:
+    """Frames float (3B, 3, H, W) of B triples, the first ``triples`` of them with their scene
+    recoloured: the pixels within BACKGROUND_TOLERANCE of the median frame (1, 3, H, W), and not
+    beside one that differs, become the median frame times a gain in [0, 1.5) plus a tint in
+    [0, 0.5) per channel, clipped to [0, 1]; one draw per triple, so its three frames agree."""
+    if triples == 0:
+        return frames
+    head = frames[:3 * triples]
+    moved = ((head - median).abs().amax(dim=1, keepdim=True) > BACKGROUND_TOLERANCE).float()
+    moved = F.max_pool2d(moved, 3, stride=1, padding=1)  # an object's anti-aliased edge stays with it
+    gain = (torch.rand(triples, 1, 1, 1, device=frames.device) * 1.5).repeat_interleave(3, dim=0)
+    tint = (torch.rand(triples, 3, 1, 1, device=frames.device) * 0.5).repeat_interleave(3, dim=0)
+    scene = (median * gain + tint).clamp(0, 1)
+    return torch.cat([moved * head + (1 - moved) * scene, frames[3 * triples:]])
+
+
 def equivariance_error(turned: torch.Tensor, keypoints: torch.Tensor, rotation: torch.Tensor,
                        counted: torch.Tensor) -> torch.Tensor:
     """Mean squared distance between the keypoints of turned frames (B, K, 2) and the frames'
@@ -340,6 +357,8 @@ class DeepSpatialAutoencoder(nn.Module):
         # set by set_background() before training; saved with the weights (as is the encoder's
         # full-size median frame with model.scene_difference).
         self.register_buffer("background", torch.full(recon_shape(cfg), 0.5))
+        # The full-size median colour frame (1, 3, H, W) that model.background_jitter recolours around.
+        self.register_buffer("median_frame", torch.full((1, 3, image_size, image_size), 0.5) if cfg.background_jitter else None)
 
     @torch.no_grad()
     def set_background(self, frames: torch.Tensor) -> None:
@@ -347,8 +366,9 @@ class DeepSpatialAutoencoder(nn.Module):
         which the foreground weighting compares against and the Gaussian decoder starts from."""
         median = recon_target(frames, self.cfg).median(dim=0).values
         self.background.copy_(median)
-        if self.encoder.scene is not None:
-            self.encoder.scene.copy_(to_float_images(frames.median(dim=0).values[None]))
+        for full_size in (self.encoder.scene, self.median_frame):
+            if full_size is not None:
+                full_size.copy_(to_float_images(frames.median(dim=0).values[None]))
         if isinstance(self.decoder, GaussianDecoder):
             self.decoder.background.copy_(median)
         if isinstance(self.decoder, TransportDecoder):
@@ -379,6 +399,8 @@ class DeepSpatialAutoencoder(nn.Module):
         b = triples.shape[0]
         images = triples.flatten(0, 1)
         x = to_float_images(images)
+        if self.median_frame is not None and self.training:
+            x = recolour_background(x, self.median_frame, round(self.cfg.background_jitter * b))
         if self.cfg.equivariance_weight > 0:
             keypoints, equivariance = self._encode_with_turns(x)
         else:

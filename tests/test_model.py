@@ -11,6 +11,7 @@ from dsae.model import (
     equivariance_error,
     gaussian_maps,
     receptive_field_centres,
+    recolour_background,
     recon_target,
     rotate_frames,
     to_float_images,
@@ -274,6 +275,24 @@ def test_scene_difference_reads_each_frame_less_the_scenes_median_frame():
         optimiser.step()
         losses.append(float(loss))
     assert "equivariance" in parts and losses[-1] < losses[0]
+
+
+def test_recolour_background_changes_the_scene_of_the_first_triples_alone():
+    """model.background_jitter: in the recoloured triples what matches the median frame takes one
+    colour per triple, the object and the pixels beside it stay; the other triples stay whole."""
+    torch.manual_seed(0)
+    median = torch.full((1, 3, 8, 8), 0.4)
+    frames = median.expand(6, 3, 8, 8).clone()
+    frames[:, :, 2:4, 2:4] = 1.0  # an object in every frame
+    out = recolour_background(frames, median, triples=1)
+    torch.testing.assert_close(out[3:], frames[3:])
+    torch.testing.assert_close(out[:3, :, 1:5, 1:5], frames[:3, :, 1:5, 1:5])  # the object and its edge
+    scene = out[:3, :, 6:, 6:]
+    assert not torch.allclose(scene, frames[:3, :, 6:, 6:])
+    torch.testing.assert_close(scene, scene[:1].expand_as(scene))  # one colour for the triple's frames
+    torch.testing.assert_close(recolour_background(frames, median, triples=0), frames)
+    with pytest.raises(ConfigError, match="background_jitter"):
+        ModelConfig(background_jitter=1.5)
 
 
 @pytest.mark.parametrize("recon_loss", ["mse", "l1"])
