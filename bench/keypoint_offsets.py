@@ -1,6 +1,6 @@
 """Diagnostic: where a run's best single keypoint sits relative to each object.
 
-    python bench/keypoint_offsets.py RUN [RUN ...] [--out FILE] [--rings 8 20] [--row-edges 24]
+    python bench/keypoint_offsets.py RUN [RUN ...] [--out FILE] [--rings 8 20] [--row-edges 24] [--edge-distances 2 4 8]
 
 For each ``scripts/train.py`` run folder and each labelled object, on the frames of the run's
 held-out episodes where the object is in view (as ``keypoint_err_px``): the best keypoint
@@ -8,8 +8,9 @@ held-out episodes where the object is in view (as ``keypoint_err_px``): the best
 (keypoint minus object, pixels) and the offset's spread (std per axis), the mean over frames of
 the distance from the object to the nearest of *any* keypoint, both distances again in rings of
 the object's distance from the image centre (``--rings``; Reacher's arm is based there, so a tip
-near the centre means a folded arm) and by the object's image row (``--row-edges``; in Pusher the
-table ends at row 24), and the best keypoint's gain: the slope of its position on
+near the centre means a folded arm), by the object's image row (``--row-edges``; in Pusher the
+table ends at row 24) and by its distance to the nearest edge of the image (``--edge-distances``;
+an object near the edge may be partly cut off), and the best keypoint's gain: the slope of its position on
 the object's, per axis (1 when it moves exactly as far as the object; in
 ``model.keypoint_frame=grid`` a keypoint with a sharp softmax that follows an object moves 1.6
 times as far at ``model=gaussian16``'s 21x21 feature maps). A best keypoint whose offset
@@ -70,7 +71,7 @@ def held_out(run: Path) -> HeldOut:
                    encode_frames(model.encoder, dataset.frames, torch.device("cpu"), rows))
 
 
-def offsets(run: Path, rings: list[float], row_edges: list[float]) -> dict[str, dict]:
+def offsets(run: Path, rings: list[float], row_edges: list[float], edge_distances: list[float]) -> dict[str, dict]:
     """{object: figures} for one run (see the module docstring)."""
     opened = held_out(run)
     metrics, dataset, rows, kp = opened.metrics, opened.dataset, opened.rows, opened.kp_px
@@ -95,7 +96,8 @@ def offsets(run: Path, rings: list[float], row_edges: list[float]) -> dict[str, 
                      "mean_offset_px": offset.mean(0).tolist(), "offset_std_px": offset.std(0).tolist(),
                      "gain": gain, "nearest_any_px": float(nearest.mean()),
                      "by_centre_distance": by_ring(error, nearest, np.linalg.norm(obj - (size - 1) / 2, axis=1), rings),
-                     "by_row": by_ring(error, nearest, obj[:, 1], row_edges)}
+                     "by_row": by_ring(error, nearest, obj[:, 1], row_edges),
+                     "by_edge_distance": by_ring(error, nearest, np.minimum(obj, size - 1 - obj).min(1).clip(min=0), edge_distances)}
     return out
 
 
@@ -128,20 +130,23 @@ def main() -> None:
     parser.add_argument("--row-edges", type=float, nargs="*", default=[],
                         help="image rows (px from the top) at which the distances are split again, by the object's row "
                              "(Pusher's table ends at row 24: above it the grey arm lies on the grey table)")
+    parser.add_argument("--edge-distances", type=float, nargs="*", default=[],
+                        help="distances (px) from the object to the image's nearest edge at which the distances are split again")
     args = parser.parse_args()
     for run in args.runs:
         if not (run / "metrics.json").exists():
             parser.error(f"{run} is not a finished scripts/train.py run (no metrics.json)")
-    result = {str(run): offsets(run, args.rings, args.row_edges) for run in args.runs}
-    print("| run | object | best keypoint | its error | mean offset | offset std | gain | nearest of any | error (nearest of any) by distance from the centre | by image row |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    result = {str(run): offsets(run, args.rings, args.row_edges, args.edge_distances) for run in args.runs}
+    print("| run | object | best keypoint | its error | mean offset | offset std | gain | nearest of any | error (nearest of any) "
+          "by distance from the centre | by image row | by distance from the edge |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run, objects in result.items():
         for name, f in objects.items():
             gain = ", ".join("—" if g is None else f"{g:.2f}" for g in f["gain"])
-            rings, rows = (splits(f["by_centre_distance"]), splits(f["by_row"]))
+            rings, rows, edges = (splits(f["by_centre_distance"]), splits(f["by_row"]), splits(f["by_edge_distance"]))
             print(f"| {Path(run).parent.name}/{Path(run).name} | {name} | {f['keypoint_index']} | {f['best_err_px']:.1f} px | "
                   f"({f['mean_offset_px'][0]:.1f}, {f['mean_offset_px'][1]:.1f}) px | "
-                  f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | ({gain}) | {f['nearest_any_px']:.1f} px | {rings} | {rows} |")
+                  f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | ({gain}) | {f['nearest_any_px']:.1f} px | {rings} | {rows} | {edges} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

@@ -144,7 +144,7 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
 
     # Where the best keypoint sits: its error here is the one metrics.json reports.
     run("keypoint_offsets.py", str(tmp_path / "kq" / "tiny" / "reacher-seed0"), "--out", str(tmp_path / "off.json"),
-        "--row-edges", "16")
+        "--row-edges", "16", "--edge-distances", "4")
     (figures,) = json.loads((tmp_path / "off.json").read_text()).values()
     metrics = json.loads((tmp_path / "kq" / "tiny" / "reacher-seed0" / "metrics.json").read_text())
     for name in ("fingertip", "target"):
@@ -158,6 +158,10 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
         rows = figures[name]["by_row"]  # above and below row 16: the same frames, split another way
         assert [r["from_px"] for r in rows] == [0, 16] and sum(r["share"] for r in rows) == pytest.approx(1)
         split = sum(r["share"] * r["err_px"] for r in rows if r["err_px"] is not None)
+        assert split == pytest.approx(figures[name]["best_err_px"], rel=1e-6)
+        edges = figures[name]["by_edge_distance"]  # within 4 px of the image's edge and beyond
+        assert [r["from_px"] for r in edges] == [0, 4] and sum(r["share"] for r in edges) == pytest.approx(1)
+        split = sum(r["share"] * r["err_px"] for r in edges if r["err_px"] is not None)
         assert split == pytest.approx(figures[name]["best_err_px"], rel=1e-6)
     # Gain: a slope where the object moves; none for the target, still in the one held-out episode.
     assert all(isinstance(g, float) for g in figures["fingertip"]["gain"]) and figures["target"]["gain"] == [None, None]
