@@ -10,12 +10,15 @@ share the GPU: give each its share of the cores (``OMP_NUM_THREADS``), and colle
 dataset first with ``scripts/collect.py`` so that no two runs collect it at once), each into
 ``<out>/<name>/<scene>-seed<s>``. A finished run (its ``metrics.json`` exists) is read, not run
 again; an interrupted one resumes from its checkpoint, so the benchmark can be split across
-sessions; runs there of other overrides are refused (give the settings another ``--name``).
+sessions; runs there of other overrides, or of the same overrides on other defaults (the model's
+and training's settings as today's code composes them, recorded in each run's ``config.json``),
+are refused (give the settings another ``--name``).
 Writes ``<out>/<name>.json``: per scene and object the per-seed linear-probe R² and
 ``keypoint_err_px`` (the single best keypoint's held-out pixel error) with their mean and std,
 and the wall time of every run; prints the same as a Markdown table. Scenes that an earlier call
-with the same overrides wrote there, and this call did not run, are kept (so scenes may be run
-with different numbers of seeds). Seeds change the weights and batches; every seed of a scene
+with the same overrides and settings wrote there, and this call did not run, are kept (so scenes
+may be run with different numbers of seeds); a summary of the same overrides on other settings
+is refused before anything runs. Seeds change the weights and batches; every seed of a scene
 trains on the same dataset (``data.seed`` is not changed).
 """
 
@@ -23,12 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from jobs import Job, run_jobs
+from jobs import REPO, Job, check_jobs, run_jobs
+
+sys.path.insert(0, str(REPO))
+from dsae.checkpoint import MODEL_SETTINGS_SAVED_BEFORE, RUN_CONFIG, RUNTIME_SETTINGS  # noqa: E402
 
 
 def job(out: Path, name: str, scene: str, seed: int, overrides: list[str]) -> Job:
@@ -36,6 +43,44 @@ def job(out: Path, name: str, scene: str, seed: int, overrides: list[str]) -> Jo
     run_dir = out / name / f"{scene}-seed{seed}"
     return Job(run_dir.name, "train.py", [f"env={scene}", f"seed={seed}", *overrides], run_dir,
                checkpoint="checkpoints/last.pt", resume=f"train.resume={run_dir}", settings=("logger=none",))
+
+
+def computed(config: dict) -> dict:
+    """What a run computes, from its config as a dict: the model's settings (those added since it
+    ran, as it ran) and the training's, less those that only say how it is carried out."""
+    train = {k: v for k, v in config["train"].items() if f"train.{k}" not in RUNTIME_SETTINGS}
+    return {"model": {**MODEL_SETTINGS_SAVED_BEFORE, **config["model"]}, "train": train}
+
+
+def composed_settings(overrides: list[str]) -> dict:
+    """``computed`` of the config that today's code composes with these overrides (keys checked)."""
+    from hydra import compose, initialize_config_dir
+
+    from dsae.config import register, to_config, to_dict
+
+    register()
+    with initialize_config_dir(str(REPO / "configs"), version_base=None):
+        return computed(to_dict(to_config(compose("config", [*overrides, "logger=none"]))))
+
+
+def differences(theirs: dict, ours: dict) -> list[str]:
+    """The settings (``model.X``, ``train.Y``) whose values differ between two ``computed`` dicts."""
+    return sorted(f"{section}.{key}" for section in ours for key in set(ours[section]) | set(theirs.get(section, {}))
+                  if theirs.get(section, {}).get(key, "(none)") != ours[section].get(key, "(none)"))
+
+
+def check_settings(path: Path, earlier: dict, overrides: list[str], jobs: list[Job], settings: dict) -> None:
+    """Refuse a summary of these overrides, or a run folder, made on other settings than today's:
+    the defaults changed since, so the same overrides no longer mean the same model."""
+    if earlier.get("scenes") and earlier.get("overrides") == overrides and earlier.get("settings") != settings:
+        which = differences(earlier["settings"], settings) if "settings" in earlier else ["(not recorded)"]
+        raise SystemExit(f"{path} holds scenes of these overrides on other settings ({', '.join(which)}): "
+                         "pass another --name or move it away")
+    for job in jobs:
+        config = job.run_dir / RUN_CONFIG
+        if config.exists() and (which := differences(computed(json.loads(config.read_text())), settings)):
+            raise SystemExit(f"{job.run_dir} was run on other settings ({', '.join(which)}): "
+                             "pass another --name or move it away")
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -86,10 +131,14 @@ def main() -> None:
     started = time.perf_counter()
     path = out / f"{args.name}.json"
     earlier = json.loads(path.read_text()) if path.exists() else {}
-    kept = earlier.get("scenes", {}) if earlier.get("overrides") == args.overrides else {}
-    summary: dict = {"name": args.name, "overrides": args.overrides, "scenes": dict(kept)}
+    settings = composed_settings(args.overrides)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     jobs = {scene: [job(out, args.name, scene, s, args.overrides) for s in seeds] for scene in args.scenes}
+    every = [j for scene_jobs in jobs.values() for j in scene_jobs]
+    check_jobs(every)  # other overrides first, then the same overrides on other settings
+    check_settings(path, earlier, args.overrides, every, settings)
+    kept = earlier.get("scenes", {}) if earlier.get("overrides") == args.overrides else {}
+    summary: dict = {"name": args.name, "overrides": args.overrides, "settings": settings, "scenes": dict(kept)}
     done = run_jobs([j for scene_jobs in jobs.values() for j in scene_jobs], workers=args.workers)
     for scene, scene_jobs in jobs.items():
         runs = [done[j.name] for j in scene_jobs]

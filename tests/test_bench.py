@@ -141,6 +141,21 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "where this benchmark runs ['train.lr=0.001']" in proc.stderr
     assert set(json.loads((tmp_path / "kq" / "tiny.json").read_text())["scenes"]) == {"reacher", "other"}
+    # The same overrides on other defaults (the settings a summary or a run recorded): refused too.
+    def refused(message: str) -> None:
+        proc = subprocess.run([sys.executable, str(REPO / "bench" / "keypoint_quality.py"), *args],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    recorded = (tmp_path / "kq" / "tiny.json").read_text()
+    assert json.loads(recorded)["settings"]["model"]["num_keypoints"] == 8  # as tiny_overrides set it
+    (tmp_path / "kq" / "tiny.json").write_text(recorded.replace('"num_keypoints": 8', '"num_keypoints": 5'))
+    refused("holds scenes of these overrides on other settings (model.num_keypoints)")
+    (tmp_path / "kq" / "tiny.json").write_text(recorded)
+    config = tmp_path / "kq" / "tiny" / "reacher-seed1" / "config.json"
+    made = config.read_text()
+    config.write_text(made.replace('"slow_weight": ', '"slow_weight": 0.5, "was": '))
+    refused("reacher-seed1 was run on other settings (model.slow_weight, model.was)")
+    config.write_text(made)
 
     # Where the best keypoint sits: its error here is the one metrics.json reports.
     run("keypoint_offsets.py", str(tmp_path / "kq" / "tiny" / "reacher-seed0"), "--out", str(tmp_path / "off.json"),
