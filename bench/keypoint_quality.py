@@ -73,9 +73,11 @@ def check_settings(path: Path, earlier: dict, overrides: list[str], jobs: list[J
     """Refuse a summary of these overrides, or a run folder, made on other settings than today's:
     the defaults changed since, so the same overrides no longer mean the same model."""
     if earlier.get("scenes") and earlier.get("overrides") == overrides and earlier.get("settings") != settings:
-        which = differences(earlier["settings"], settings) if "settings" in earlier else ["(not recorded)"]
-        raise SystemExit(f"{path} holds scenes of these overrides on other settings ({', '.join(which)}): "
-                         "pass another --name or move it away")
+        if "settings" not in earlier:
+            raise SystemExit(f"{path} was written before summaries recorded their settings, so whether its scenes "
+                             "ran on today's defaults is unknown: pass another --name or move it away")
+        raise SystemExit(f"{path} holds scenes of these overrides on other settings "
+                         f"({', '.join(differences(earlier['settings'], settings))}): pass another --name or move it away")
     for job in jobs:
         config = job.run_dir / RUN_CONFIG
         if config.exists() and (which := differences(computed(json.loads(config.read_text())), settings)):

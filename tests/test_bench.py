@@ -150,6 +150,8 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
     assert json.loads(recorded)["settings"]["model"]["num_keypoints"] == 8  # as tiny_overrides set it
     (tmp_path / "kq" / "tiny.json").write_text(recorded.replace('"num_keypoints": 8', '"num_keypoints": 5'))
     refused("holds scenes of these overrides on other settings (model.num_keypoints)")
+    (tmp_path / "kq" / "tiny.json").write_text(json.dumps({k: v for k, v in json.loads(recorded).items() if k != "settings"}))
+    refused("was written before summaries recorded their settings")
     (tmp_path / "kq" / "tiny.json").write_text(recorded)
     config = tmp_path / "kq" / "tiny" / "reacher-seed1" / "config.json"
     made = config.read_text()
