@@ -19,6 +19,19 @@ from dsae.model import (
 from dsae.spatial_softmax import to_pixels
 
 
+def _train(model: DeepSpatialAutoencoder, triples: torch.Tensor, steps: int) -> tuple[list[float], dict]:
+    """``steps`` Adam steps (lr 0.01) on the loss of the same triples: each step's loss, and the last step's parts."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        loss, parts = model.loss(triples)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+    return losses, parts
+
+
 def test_paper_shapes_240px():
     """Finn et al. 2016: 240x240 input -> 109x109 feature maps, 16 keypoints, 60x60 recon."""
     paper = ModelConfig(kernels=[7, 5, 5], padding="valid", norm="none", num_keypoints=16, local_keypoints=0, project=False,
@@ -116,14 +129,7 @@ def test_a_colour_model_reconstructs_and_learns_colour(decoder):
     model.set_background(triples.flatten(0, 1))
     assert model.background.shape == (3, 8, 8)
     assert model(triples.flatten(0, 1))[1].shape == (6, 3, 8, 8)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(20):
-        loss, _ = model.loss(triples)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss))
+    losses, _ = _train(model, triples, 20)
     assert losses[-1] < losses[0]
 
 
@@ -144,15 +150,8 @@ def test_loss_decreases(decoder):
     # One black-and-white pattern, far from the decoder's flat mid-grey start.
     triples = (torch.rand(1, 1, 3, 3, 1) > 0.5).to(torch.uint8).mul(255).expand(4, 3, -1, -1, -1)
     triples = triples.repeat_interleave(8, 2).repeat_interleave(8, 3).expand(-1, -1, -1, -1, 3).contiguous()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = None
-    for _ in range(30):
-        loss, parts = model.loss(triples)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        first = first if first is not None else loss.item()
-    assert loss.item() < 0.5 * first
+    losses, parts = _train(model, triples, 30)
+    assert losses[-1] < 0.5 * losses[0]
     assert model.encoder.features[0].weight.grad.abs().sum() > 0, "the encoder gets gradients too"
     assert set(parts) == {"loss", "recon_mse", "slow", "equivariance"}
 
@@ -266,14 +265,7 @@ def test_scene_difference_reads_each_frame_less_the_scenes_median_frame():
     with pytest.raises(ValueError, match=r"trained on \(16, 16\) frames"):
         model.encoder(torch.zeros(1, 32, 32, 3, dtype=torch.uint8))
     triples = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(15):
-        loss, parts = model.loss(triples)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss))
+    losses, parts = _train(model, triples, 15)
     assert "equivariance" in parts and losses[-1] < losses[0]
 
 
