@@ -35,7 +35,7 @@ import numpy as np
 from jobs import REPO, Job, check_jobs, run_jobs
 
 sys.path.insert(0, str(REPO))
-from dsae.checkpoint import MODEL_SETTINGS_SAVED_BEFORE, RUN_CONFIG, RUNTIME_SETTINGS  # noqa: E402
+from dsae.checkpoint import RUN_CONFIG, RUNTIME_SETTINGS, model_settings_as_trained  # noqa: E402
 
 
 def job(out: Path, name: str, scene: str, seed: int, overrides: list[str]) -> Job:
@@ -49,7 +49,7 @@ def computed(config: dict) -> dict:
     """What a run computes, from its config as a dict: the model's settings (those added since it
     ran, as it ran) and the training's, less those that only say how it is carried out."""
     train = {k: v for k, v in config["train"].items() if f"train.{k}" not in RUNTIME_SETTINGS}
-    return {"model": {**MODEL_SETTINGS_SAVED_BEFORE, **config["model"]}, "train": train}
+    return {"model": model_settings_as_trained(config["model"]), "train": train}
 
 
 def composed_settings(overrides: list[str]) -> dict:
@@ -141,7 +141,7 @@ def main() -> None:
     check_settings(path, earlier, args.overrides, every, settings)
     kept = earlier.get("scenes", {}) if earlier.get("overrides") == args.overrides else {}
     summary: dict = {"name": args.name, "overrides": args.overrides, "settings": settings, "scenes": dict(kept)}
-    done = run_jobs([j for scene_jobs in jobs.values() for j in scene_jobs], workers=args.workers)
+    done = run_jobs(every, workers=args.workers)
     for scene, scene_jobs in jobs.items():
         runs = [done[j.name] for j in scene_jobs]
         summary["scenes"][scene] = {"seeds": seeds, "objects": summarise(runs),

@@ -59,6 +59,12 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing or unreadable."""
 
 
+def model_settings_as_trained(model: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's model section with the settings added since it was saved, as it was trained
+    (``MODEL_SETTINGS_SAVED_BEFORE``)."""
+    return {**MODEL_SETTINGS_SAVED_BEFORE, **model}
+
+
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,8 +99,7 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, An
         raise CheckpointError(f"{path} is not a dsae checkpoint (no model/config entries)")
     model = state["config"].get("model")
     if isinstance(model, dict):
-        for key, value in MODEL_SETTINGS_SAVED_BEFORE.items():
-            model.setdefault(key, value)
+        state["config"]["model"] = model_settings_as_trained(model)
     state["path"] = str(path)
     return state
 

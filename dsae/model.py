@@ -366,9 +366,11 @@ class DeepSpatialAutoencoder(nn.Module):
         which the foreground weighting compares against and the Gaussian decoder starts from."""
         median = recon_target(frames, self.cfg).median(dim=0).values
         self.background.copy_(median)
-        for full_size in (self.encoder.scene, self.median_frame):
-            if full_size is not None:
-                full_size.copy_(to_float_images(frames.median(dim=0).values[None]))
+        full_size = [buffer for buffer in (self.encoder.scene, self.median_frame) if buffer is not None]
+        if full_size:
+            frame = to_float_images(frames.median(dim=0).values[None])  # (1, 3, H, W)
+            for buffer in full_size:
+                buffer.copy_(frame)
         if isinstance(self.decoder, GaussianDecoder):
             self.decoder.background.copy_(median)
         if isinstance(self.decoder, TransportDecoder):
