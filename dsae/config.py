@@ -84,6 +84,7 @@ class ModelConfig:
     equivariance_angle: float = 180.0  # the turn is uniform within +-this many degrees
     scene_difference: bool = False  # the encoder also reads each frame less the scene's median frame (6 input channels), so what differs from the static scene stands out even where it is faint against it (a grey arm on a grey table)
     background_jitter: float = 0.0  # in training, this share of the triples show the encoder a recoloured scene: pixels like the scene's median frame become that frame times a random gain plus a random tint (one draw per triple), so a keypoint learns an object apart from what lies behind it (the reconstruction target is the frame as it was)
+    concentration_weight: float = 0.0  # 0 = off; weight of the mean variance of each local keypoint's softmax over its map (every keypoint's when none is local; Zhang et al. 2018's concentration term), the temperature held fixed: a small object's map answers in one place, not over several
     local_warmup: float = 0.3  # for this share of the steps only the local keypoints open windows in the transport decoder (the others wait), so the keypoints that answer to small patches take the small objects first; without local keypoints or that decoder there is nothing to hold back
 
     @property
@@ -119,6 +120,8 @@ class ModelConfig:
                 "or set model.local_keypoints=0")
         if not 0 <= self.background_jitter <= 1:
             raise ConfigError(f"model.background_jitter must be in [0, 1] (a share of the triples), got {self.background_jitter}")
+        if self.concentration_weight < 0:
+            raise ConfigError(f"model.concentration_weight must be >= 0 (0: off), got {self.concentration_weight}")
         if not 0 <= self.local_warmup < 1:
             raise ConfigError(f"model.local_warmup must be in [0, 1), got {self.local_warmup}")
         if not 0 < self.equivariance_angle <= 180:

@@ -21,7 +21,7 @@ from torch import nn
 
 from dsae.config import DECODERS, NORMS, ModelConfig
 from dsae.errors import ConfigError
-from dsae.spatial_softmax import SpatialSoftmax
+from dsae.spatial_softmax import SpatialSoftmax, normalized_grid
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 BACKGROUND_TOLERANCE = 0.04  # model.background_jitter: a pixel within this of the scene's median frame in every channel is scene
@@ -168,16 +168,36 @@ class SpatialEncoder(nn.Module):
         result = self.softmax(features, **outputs)
         if self.centres is None:
             return result
-        # Normalised over the feature grid -> normalised over the image, per axis (x, y): an affine map.
-        a, b = self.centres
-        grid = features.new_tensor([features.shape[-1] - 1, features.shape[-2] - 1], dtype=torch.float32)
-        image = features.new_tensor([image_size[-1] - 1, image_size[-2] - 1], dtype=torch.float32)
-        scale = a * grid / image
-        shift = (a * grid / 2 + b) * 2 / image - 1
+        scale, shift = self._grid_to_image(features, image_size)
         if isinstance(result, torch.Tensor):
             return result * scale + shift
         covariance = None if result.covariance is None else result.covariance * scale[:, None] * scale[None, :]
         return result._replace(keypoints=result.keypoints * scale + shift, covariance=covariance)
+
+    def _grid_to_image(self, features: torch.Tensor, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), each (2,) for (x, y): normalised over the feature grid of ``features``
+        (B, K, h, w) -> normalised over an image of ``image_size`` (H, W); identity in the grid frame."""
+        if self.centres is None:
+            return features.new_ones(2, dtype=torch.float32), features.new_zeros(2, dtype=torch.float32)
+        a, b = self.centres
+        grid = features.new_tensor([features.shape[-1] - 1, features.shape[-2] - 1], dtype=torch.float32)
+        image = features.new_tensor([image_size[-1] - 1, image_size[-2] - 1], dtype=torch.float32)
+        return a * grid / image, (a * grid / 2 + b) * 2 / image - 1
+
+    def attention_spread(self, features: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """The mean, over frames and keypoints, of the variance of each keypoint's softmax over its
+        map (x plus y, in the keypoints' normalised units), the temperature held fixed, so that a
+        lower value means maps that answer in one place, not a sharper softmax: (B, K, h, w) -> ()."""
+        attention = torch.softmax(features.float().flatten(2) / self.softmax.temperature.detach(), -1)
+        attention = attention.view(features.shape)
+        scale, _ = self._grid_to_image(features, image_size)
+        spread = features.new_zeros((), dtype=torch.float32)
+        for axis, (dim, size) in enumerate(((-2, features.shape[-1]), (-1, features.shape[-2]))):
+            marginal = attention.sum(dim)  # (B, K, size): the mass along x (axis 0) or y (axis 1)
+            coords = normalized_grid(size, features.device) * scale[axis]
+            mean = (marginal * coords).sum(-1)
+            spread = spread + ((marginal * coords.pow(2)).sum(-1) - mean.pow(2)).mean()
+        return spread
 
 
 class FCDecoder(nn.Module):
@@ -404,9 +424,10 @@ class DeepSpatialAutoencoder(nn.Module):
         if self.median_frame is not None and self.training:
             x = recolour_background(x, self.median_frame, round(self.cfg.background_jitter * b))
         if self.cfg.equivariance_weight > 0:
-            keypoints, equivariance = self._encode_with_turns(x)
+            keypoints, equivariance, features = self._encode_with_turns(x)
         else:
-            keypoints, equivariance = self.encoder(x), None
+            features = self.encoder.feature_maps(self.encoder.inputs(x))
+            keypoints, equivariance = self.encoder.locate(features, x.shape[-2:]), None
         recon = self.decoder(keypoints, images)
         target = recon_target(images, self.cfg)
         difference = recon.float() - target
@@ -427,14 +448,18 @@ class DeepSpatialAutoencoder(nn.Module):
         if equivariance is not None:
             total = total + self.cfg.equivariance_weight * equivariance
             parts["equivariance"] = equivariance
+        if self.cfg.concentration_weight > 0:
+            parts["concentration"] = self.encoder.attention_spread(features[:, :self.cfg.local_count or None], x.shape[-2:])
+            total = total + self.cfg.concentration_weight * parts["concentration"]
         return total, {"loss": total.detach(), **{k: v.detach() for k, v in parts.items()}}
 
-    def _encode_with_turns(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keypoints (3B, K, 2) of the frames of B triples, float (3B, 3, H, W), and the
+    def _encode_with_turns(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keypoints (3B, K, 2) of the frames of B triples, float (3B, 3, H, W), the
         equivariance error of the middle frames of the first B // EQUIVARIANCE_SHARE triples,
         each turned by a random angle: all from one encoder batch, so that batch norm sees one
         set of statistics in training. The first conv's inputs are turned, the frames less the
-        scene's median frame with them, so that a turned frame is still compared with its own scene."""
+        scene's median frame with them, so that a turned frame is still compared with its own scene.
+        Also the unturned frames' feature maps (3B, K, h, w)."""
         x = self.encoder.inputs(x)
         turns = max(1, len(x) // 3 // EQUIVARIANCE_SHARE)
         angles = (torch.rand(turns, device=x.device) * 2 - 1) * math.radians(self.cfg.equivariance_angle)
@@ -446,4 +471,4 @@ class DeepSpatialAutoencoder(nn.Module):
         # they sit) must turn with it; a diffuse one stays free to wait for an object to appear.
         with torch.no_grad():
             found = self.encoder.softmax(features[middle], return_presence=True).presence > 0.5
-        return keypoints, equivariance_error(turned_keypoints, keypoints[middle], rotation, found)
+        return keypoints, equivariance_error(turned_keypoints, keypoints[middle], rotation, found), features[:len(x)]

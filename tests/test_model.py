@@ -171,6 +171,7 @@ def test_slow_term_is_zero_for_constant_velocity():
     (dict(norm="layer"), "norm"),
     (dict(decoder="transformer"), "decoder"),
     (dict(kernels=[7, 5]), "equal length"),
+    (dict(concentration_weight=-0.1), "concentration_weight"),
 ])
 def test_bad_model_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -449,5 +450,43 @@ def test_turned_frames_leave_the_frames_keypoints_as_the_encoder_gives_them():
     torch.manual_seed(0)
     model = _equivariance_model(temperature=0.1).eval()  # eval: batch norm does not mix the two batches
     x = to_float_images(torch.randint(0, 256, (24, 16, 16, 3), dtype=torch.uint8))
-    keypoints, _ = model._encode_with_turns(x)
+    keypoints, _, features = model._encode_with_turns(x)
+    assert torch.equal(features, model.encoder.feature_maps(x))
     assert torch.allclose(keypoints, model.encoder(x), atol=1e-6)
+
+
+def test_attention_spread_is_the_variance_of_each_keypoints_softmax_in_the_keypoints_frame():
+    encoder = SpatialEncoder(ModelConfig(), 64)  # 32x32 maps, cells 2 px apart in the image frame
+    features = torch.full((1, 2, 32, 32), -1e4)
+    features[0, 0, 5, 7] = 0.0  # all of keypoint 0's mass in one cell: no spread
+    features[0, 1, 10, 3:5] = 0.0  # keypoint 1's halved between two neighbours along x
+    half_step = 2.0 / 63  # half of the 2 px between them, in normalised image units
+    spread = encoder.attention_spread(features, (64, 64))
+    assert float(spread) == pytest.approx(half_step ** 2 / 2, rel=1e-4)  # the mean of 0 and half_step^2
+
+
+def test_the_concentration_term_enters_the_loss_and_leaves_the_temperature_alone():
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=[4, 4], kernels=[3, 3], strides=[1, 1], num_keypoints=4, local_keypoints=0, recon_size=4,
+                      concentration_weight=0.5,
+                      equivariance_weight=0.0)
+    model = DeepSpatialAutoencoder(cfg, 16)
+    total, parts = model.loss(torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8))
+    assert float(total.detach()) == pytest.approx(float(parts["recon_mse"] + 0.01 * parts["slow"] + 0.5 * parts["concentration"]), rel=1e-4)
+    features = model.encoder.feature_maps(to_float_images(torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)))
+    model.encoder.attention_spread(features, (16, 16)).backward()
+    assert model.encoder.softmax.log_temperature.grad is None  # the term sharpens the maps, not the softmax
+    assert model.encoder.features[0].weight.grad.abs().sum() > 0
+
+
+def test_the_concentration_term_counts_the_local_keypoints_alone():
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=[4, 4], kernels=[3, 3], strides=[1, 1], num_keypoints=4, local_keypoints=2, recon_size=4,
+                      concentration_weight=1.0, equivariance_weight=0.0)
+    model = DeepSpatialAutoencoder(cfg, 16)
+    triples = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
+    _, parts = model.loss(triples)
+    features = model.encoder.feature_maps(to_float_images(triples.flatten(0, 1)))  # the same batch: the same norms
+    local, every = (model.encoder.attention_spread(f, (16, 16)).detach() for f in (features[:, :2], features))
+    assert float(parts["concentration"]) == pytest.approx(float(local), rel=1e-5)
+    assert float(local) != pytest.approx(float(every), rel=1e-3)
