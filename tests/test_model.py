@@ -28,7 +28,7 @@ def _train(model: DeepSpatialAutoencoder, triples: torch.Tensor, steps: int) -> 
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses, parts
 
 
