@@ -47,6 +47,13 @@ def setup(device_name: str) -> tuple[int, int, Optional[torch.device]]:
     return rank, world, device
 
 
+def teardown() -> None:
+    """Leave the process group that ``setup`` joined, so that no process exits with the backend's
+    threads still running (gloo then aborts one at exit: "terminate called without an active exception")."""
+    if launched_by_torchrun() and active():
+        torch.distributed.destroy_process_group()
+
+
 def describe(model: torch.nn.Module) -> Optional[dict[str, Any]]:
     """What a run trains with across processes (recorded in metrics.json): None in a single
     process; else the backend, the number of processes and of SyncBatchNorm layers."""

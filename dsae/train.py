@@ -322,15 +322,18 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True,
     the gradient is the single-process one; rank 0 alone logs, checkpoints and evaluates.
     """
     rank, world, dist_device = distributed.setup(cfg.device)
-    own_dir = Path(run_dir)
-    run_dir = Path(distributed.broadcast(str(own_dir), world))
-    if rank > 0:
-        distributed.drop_stray_run_dir(own_dir, run_dir)
-    cfg, run_dir, state = _resume_state(cfg, run_dir, overrides, rank, world)
-    if state is not None and rank == 0:
-        print(f"[dsae] resuming {run_dir} from step {state['step']} of {cfg.train.steps}")
-    if cfg.train.batch_size % world:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by the {world} processes")
-    trainer = Trainer(cfg, run_dir, state, rank, world, dist_device or resolve_device(cfg.device))
-    trainer.fit(progress)
-    return trainer.finish()
+    try:
+        own_dir = Path(run_dir)
+        run_dir = Path(distributed.broadcast(str(own_dir), world))
+        if rank > 0:
+            distributed.drop_stray_run_dir(own_dir, run_dir)
+        cfg, run_dir, state = _resume_state(cfg, run_dir, overrides, rank, world)
+        if state is not None and rank == 0:
+            print(f"[dsae] resuming {run_dir} from step {state['step']} of {cfg.train.steps}")
+        if cfg.train.batch_size % world:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by the {world} processes")
+        trainer = Trainer(cfg, run_dir, state, rank, world, dist_device or resolve_device(cfg.device))
+        trainer.fit(progress)
+        return trainer.finish()
+    finally:
+        distributed.teardown()
