@@ -41,6 +41,7 @@ MODEL_SETTINGS_SAVED_BEFORE = {  # model settings added since checkpoints were s
     "scene_difference": False,  # saved before model.scene_difference: its encoder read the frame alone
     "background_jitter": 0.0,  # saved before model.background_jitter: its scene was never recoloured
     "concentration_weight": 0.0,  # saved before model.concentration_weight: no concentration term
+    "concentration_until": 1.0,  # saved before model.concentration_until: the term (if any) counted throughout
 }
 RUNTIME_SETTINGS = ("device", "threads", "progress", "logger", "resume", "train.resume", "data.workers",
                     "train.log_every", "train.eval_every", "train.image_every", "train.checkpoint_every",

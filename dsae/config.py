@@ -85,6 +85,7 @@ class ModelConfig:
     scene_difference: bool = False  # the encoder also reads each frame less the scene's median frame (6 input channels), so what differs from the static scene stands out even where it is faint against it (a grey arm on a grey table)
     background_jitter: float = 0.0  # in training, this share of the triples show the encoder a recoloured scene: pixels like the scene's median frame become that frame times a random gain plus a random tint (one draw per triple), so a keypoint learns an object apart from what lies behind it (the reconstruction target is the frame as it was)
     concentration_weight: float = 0.0  # 0 = off; weight of the mean variance of each local keypoint's softmax over its map (every keypoint's when none is local; Zhang et al. 2018's concentration term), the temperature held fixed: a small object's map answers in one place, not over several
+    concentration_until: float = 1.0  # the share of the steps during which concentration_weight counts (1: all of them); 0.3 with the local warmup: maps held in one place while the local keypoints take the small objects, then free to spread over a tip of a pixel or two
     local_warmup: float = 0.3  # for this share of the steps only the local keypoints open windows in the transport decoder (the others wait), so the keypoints that answer to small patches take the small objects first; without local keypoints or that decoder there is nothing to hold back
 
     @property
@@ -122,6 +123,8 @@ class ModelConfig:
             raise ConfigError(f"model.background_jitter must be in [0, 1] (a share of the triples), got {self.background_jitter}")
         if self.concentration_weight < 0:
             raise ConfigError(f"model.concentration_weight must be >= 0 (0: off), got {self.concentration_weight}")
+        if not 0 < self.concentration_until <= 1:
+            raise ConfigError(f"model.concentration_until must be in (0, 1] (a share of the steps), got {self.concentration_until}")
         if not 0 <= self.local_warmup < 1:
             raise ConfigError(f"model.local_warmup must be in [0, 1), got {self.local_warmup}")
         if not 0 < self.equivariance_angle <= 180:

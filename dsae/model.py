@@ -373,6 +373,7 @@ class DeepSpatialAutoencoder(nn.Module):
         if size < 2:
             raise ConfigError(f"image_size={image_size} is too small for this encoder (its feature maps would be {size}x{size})")
         self.feature_size = (size, size)
+        self.concentrating = True  # whether the concentration term counts now (set_progress; model.concentration_until)
         # The scene's static image (B-independent, recon_shape): the per-pixel median of training frames,
         # set by set_background() before training; saved with the weights (as is the encoder's
         # full-size median frame with model.scene_difference).
@@ -399,9 +400,11 @@ class DeepSpatialAutoencoder(nn.Module):
 
     def set_progress(self, progress: float) -> None:
         """Set what changes over training (0 to 1): the decoder's window std
-        (:func:`decoder_sigma_at`) and, during ``model.local_warmup``, which keypoints open windows."""
+        (:func:`decoder_sigma_at`), during ``model.local_warmup`` which keypoints open windows, and
+        whether the concentration term still counts (``model.concentration_until``)."""
         if hasattr(self.decoder, "sigma"):
             self.decoder.sigma = decoder_sigma_at(self.cfg, progress)
+        self.concentrating = progress < self.cfg.concentration_until
         if isinstance(self.decoder, TransportDecoder):
             warming = self.cfg.local_count and progress < self.cfg.local_warmup
             self.decoder.open_keypoints = self.cfg.local_count if warming else None
@@ -448,7 +451,7 @@ class DeepSpatialAutoencoder(nn.Module):
         if equivariance is not None:
             total = total + self.cfg.equivariance_weight * equivariance
             parts["equivariance"] = equivariance
-        if self.cfg.concentration_weight > 0:
+        if self.cfg.concentration_weight > 0 and self.concentrating:
             parts["concentration"] = self.encoder.attention_spread(features[:, :self.cfg.local_count or None], x.shape[-2:])
             total = total + self.cfg.concentration_weight * parts["concentration"]
         return total, {"loss": total.detach(), **{k: v.detach() for k, v in parts.items()}}

@@ -172,6 +172,7 @@ def test_slow_term_is_zero_for_constant_velocity():
     (dict(decoder="transformer"), "decoder"),
     (dict(kernels=[7, 5]), "equal length"),
     (dict(concentration_weight=-0.1), "concentration_weight"),
+    (dict(concentration_until=0.0), "concentration_until"),
 ])
 def test_bad_model_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -490,3 +491,17 @@ def test_the_concentration_term_counts_the_local_keypoints_alone():
     local, every = (model.encoder.attention_spread(f, (16, 16)).detach() for f in (features[:, :2], features))
     assert float(parts["concentration"]) == pytest.approx(float(local), rel=1e-5)
     assert float(local) != pytest.approx(float(every), rel=1e-3)
+
+
+def test_the_concentration_term_counts_until_its_share_of_training():
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=[4, 4], kernels=[3, 3], strides=[1, 1], num_keypoints=4, local_keypoints=2, recon_size=4,
+                      concentration_weight=1.0, concentration_until=0.3, equivariance_weight=0.0)
+    model = DeepSpatialAutoencoder(cfg, 16)
+    triples = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
+    for progress, counted in ((0.0, True), (0.29, True), (0.3, False), (1.0, False)):
+        model.set_progress(progress)
+        total, parts = model.loss(triples)
+        assert ("concentration" in parts) == counted
+        assert float(total.detach()) == pytest.approx(
+            float(parts["recon_mse"] + 0.01 * parts["slow"] + parts.get("concentration", 0.0)), rel=1e-4)
