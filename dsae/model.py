@@ -21,7 +21,7 @@ from torch import nn
 
 from dsae.config import DECODERS, NORMS, ModelConfig
 from dsae.errors import ConfigError
-from dsae.spatial_softmax import SpatialSoftmax, normalized_grid
+from dsae.spatial_softmax import SpatialSoftmax, spatial_soft_argmax_full
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 BACKGROUND_TOLERANCE = 0.04  # model.background_jitter: a pixel within this of the scene's median frame in every channel is scene
@@ -188,16 +188,9 @@ class SpatialEncoder(nn.Module):
         """The mean, over frames and keypoints, of the variance of each keypoint's softmax over its
         map (x plus y, in the keypoints' normalised units), the temperature held fixed, so that a
         lower value means maps that answer in one place, not a sharper softmax: (B, K, h, w) -> ()."""
-        attention = torch.softmax(features.float().flatten(2) / self.softmax.temperature.detach(), -1)
-        attention = attention.view(features.shape)
+        covariance = spatial_soft_argmax_full(features, self.softmax.temperature.detach(), return_covariance=True).covariance
         scale, _ = self._grid_to_image(features, image_size)
-        spread = features.new_zeros((), dtype=torch.float32)
-        for axis, (dim, size) in enumerate(((-2, features.shape[-1]), (-1, features.shape[-2]))):
-            marginal = attention.sum(dim)  # (B, K, size): the mass along x (axis 0) or y (axis 1)
-            coords = normalized_grid(size, features.device) * scale[axis]
-            mean = (marginal * coords).sum(-1)
-            spread = spread + ((marginal * coords.pow(2)).sum(-1) - mean.pow(2)).mean()
-        return spread
+        return (covariance.diagonal(dim1=-2, dim2=-1) * scale.pow(2)).sum(-1).mean()
 
 
 class FCDecoder(nn.Module):
