@@ -466,12 +466,16 @@ def test_attention_spread_is_the_variance_of_each_keypoints_softmax_in_the_keypo
     assert float(spread) == pytest.approx(half_step ** 2 / 2, rel=1e-4)  # the mean of 0 and half_step^2
 
 
-def test_the_concentration_term_enters_the_loss_and_leaves_the_temperature_alone():
+def _concentration_model(local_keypoints: int, **kwargs) -> DeepSpatialAutoencoder:
+    """A tiny model on 16 px frames with 4 keypoints and the concentration term, without the equivariance term."""
     torch.manual_seed(0)
-    cfg = ModelConfig(channels=[4, 4], kernels=[3, 3], strides=[1, 1], num_keypoints=4, local_keypoints=0, recon_size=4,
-                      concentration_weight=0.5,
-                      equivariance_weight=0.0)
-    model = DeepSpatialAutoencoder(cfg, 16)
+    cfg = ModelConfig(channels=[4, 4], kernels=[3, 3], strides=[1, 1], num_keypoints=4, local_keypoints=local_keypoints,
+                      recon_size=4, equivariance_weight=0.0, **kwargs)
+    return DeepSpatialAutoencoder(cfg, 16)
+
+
+def test_the_concentration_term_enters_the_loss_and_leaves_the_temperature_alone():
+    model = _concentration_model(0, concentration_weight=0.5)
     total, parts = model.loss(torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8))
     assert float(total.detach()) == pytest.approx(float(parts["recon_mse"] + 0.01 * parts["slow"] + 0.5 * parts["concentration"]), rel=1e-4)
     features = model.encoder.feature_maps(to_float_images(torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)))
@@ -481,10 +485,7 @@ def test_the_concentration_term_enters_the_loss_and_leaves_the_temperature_alone
 
 
 def test_the_concentration_term_counts_the_local_keypoints_alone():
-    torch.manual_seed(0)
-    cfg = ModelConfig(channels=[4, 4], kernels=[3, 3], strides=[1, 1], num_keypoints=4, local_keypoints=2, recon_size=4,
-                      concentration_weight=1.0, equivariance_weight=0.0)
-    model = DeepSpatialAutoencoder(cfg, 16)
+    model = _concentration_model(2, concentration_weight=1.0)
     triples = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
     _, parts = model.loss(triples)
     features = model.encoder.feature_maps(to_float_images(triples.flatten(0, 1)))  # the same batch: the same norms
@@ -494,10 +495,7 @@ def test_the_concentration_term_counts_the_local_keypoints_alone():
 
 
 def test_the_concentration_term_counts_until_its_share_of_training():
-    torch.manual_seed(0)
-    cfg = ModelConfig(channels=[4, 4], kernels=[3, 3], strides=[1, 1], num_keypoints=4, local_keypoints=2, recon_size=4,
-                      concentration_weight=1.0, concentration_until=0.3, equivariance_weight=0.0)
-    model = DeepSpatialAutoencoder(cfg, 16)
+    model = _concentration_model(2, concentration_weight=1.0, concentration_until=0.3)
     triples = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
     for progress, counted in ((0.0, True), (0.29, True), (0.3, False), (1.0, False)):
         model.set_progress(progress)
