@@ -1,5 +1,6 @@
 """Hydra configs compose onto the dataclass schema; typos and wrong types fail with the key."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,27 @@ def test_groups_compose(overrides):
         assert (m.decoder, m.num_keypoints, m.keypoint_frame, m.padding) == ("transport", 64, "image", "replicate")
         assert m.channels == [64, 32, 16] and m.kernels == [3, 3, 3] and cfg.env.image_size == 64
         assert (m.local_keypoints, m.local_count, m.local_warmup) == (None, 32, 0.3)
+
+
+def test_the_fine_model_sees_what_the_default_sees_on_a_grid_twice_as_fine():
+    import torch
+
+    from dsae.model import DeepSpatialAutoencoder
+
+    default, fine = (to_config(_compose(o)).model for o in ([], ["model=fine"]))
+    assert fine.strides == [1, 1, 1] and fine.kernels == [3, 5, 5]
+    models = [DeepSpatialAutoencoder(m, 64).eval() for m in (default, fine)]
+    frames = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = [model.encoder.feature_maps(model.encoder.inputs(frames)) for model in models]
+    assert maps[0].shape[-2:] == (32, 32) and maps[1].shape[-2:] == (64, 64)
+    assert maps[0].shape[:2] == maps[1].shape[:2] == (2, 64)
+
+    def field(kernels, strides):  # the pixels one cell of the last map sees
+        return 1 + sum((k - 1) * math.prod(strides[:i]) for i, k in enumerate(kernels))
+
+    for m in (default, fine):  # the same fields: 3 px for the local maps, 11 px for the wide ones
+        assert (field(m.kernels[:1], m.strides), field(m.kernels, m.strides)) == (3, 11)
 
 
 def test_fewer_keypoints_from_the_command_line_keep_half_of_them_local():
