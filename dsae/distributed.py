@@ -9,6 +9,7 @@ share of each global batch.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 from pathlib import Path
@@ -49,8 +50,17 @@ def setup(device_name: str) -> tuple[int, int, Optional[torch.device]]:
 
 def teardown() -> None:
     """Leave the process group that ``setup`` joined, so that no process exits with the backend's
-    threads still running (gloo then aborts one at exit: "terminate called without an active exception")."""
+    threads still running (gloo then aborts one at exit: "terminate called without an active exception").
+
+    Call it once the DistributedDataParallel wrappers are unreferenced: the group must be freed by
+    its own Python object, which lets go of the GIL while gloo's destructor waits for its worker
+    thread. Freed last by a DDP reducer, which keeps the GIL, it can deadlock with that thread
+    when the thread needs the GIL to free a finished barrier's tensors (seen in one run of the
+    two-process test: rank 1 hung in ``~ProcessGroupGloo`` under ``Reducer`` dealloc; PyTorch
+    issue 56297). ``gc.collect()`` frees any wrapper left in a reference cycle while the group is
+    still registered."""
     if launched_by_torchrun() and active():
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 

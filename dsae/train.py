@@ -322,6 +322,7 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True,
     the gradient is the single-process one; rank 0 alone logs, checkpoints and evaluates.
     """
     rank, world, dist_device = distributed.setup(cfg.device)
+    trainer = None
     try:
         own_dir = Path(run_dir)
         run_dir = Path(distributed.broadcast(str(own_dir), world))
@@ -336,4 +337,5 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True,
         trainer.fit(progress)
         return trainer.finish()
     finally:
+        trainer = None  # its DistributedDataParallel holds the process group: let go of it first (see teardown)
         distributed.teardown()

@@ -292,7 +292,8 @@ def test_recolour_background_changes_the_scene_of_the_first_triples_alone():
 @pytest.mark.parametrize("recon_loss", ["mse", "l1"])
 def test_recon_loss_is_the_mean_per_pixel_error_of_its_kind(recon_loss):
     cfg = ModelConfig(channels=[8, 4], kernels=[5, 3], strides=[2, 1], num_keypoints=4, recon_size=8,
-                      slow_weight=0.0, equivariance_weight=0.0, concentration_weight=0.0, local_keypoints=0, recon_loss=recon_loss)
+                      slow_weight=0.0, equivariance_weight=0.0, concentration_weight=0.0, local_keypoints=0,
+                      recon_loss=recon_loss)
     model = DeepSpatialAutoencoder(cfg, 32).eval()
     triples = torch.randint(0, 256, (2, 3, 32, 32, 3), dtype=torch.uint8)
     total, parts = model.loss(triples)
