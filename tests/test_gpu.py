@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
+from tests.test_bench import run as run_bench
 from tests.test_e2e import REPO, kill_after_first_checkpoint, script, tiny_overrides
 from tests.test_rl_e2e import tiny_rl
 
@@ -178,23 +179,16 @@ def test_sac_on_cuda(tmp_path, obs):
     assert np.isfinite(returns).all()
 
 
-def bench_script(name: str, *args: str) -> None:
-    """Run ``bench/<name>`` and fail with the end of its output if it fails."""
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / name), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
 def test_benchmarks_add_their_cuda_rows(tmp_path):
     out = tmp_path / "softmax.json"
-    bench_script("spatial_softmax.py", "--repeats", "2", "--out", str(out))
+    run_bench("spatial_softmax.py", "--repeats", "2", "--out", str(out))
     rows = [r for r in json.loads(out.read_text())["rows"] if r["device"].startswith("cuda")]
     assert len(rows) == 2
     for row in rows:
         assert row["ours"]["peak_memory_bytes"] > 0 and 0 < row["ours"]["bandwidth_fraction_of_copy"]
 
     out = tmp_path / "throughput.json"
-    bench_script("train_throughput.py", "--models", "default", "--steps", "2", "--warmup", "1", "--episodes", "4",
+    run_bench("train_throughput.py", "--models", "default", "--steps", "2", "--warmup", "1", "--episodes", "4",
                  "--device", "cuda", "--out", str(out))
     (row,) = json.loads(out.read_text())["rows"]
     assert row["device"] == "cuda" and row["framework"]["amp"] == "bfloat16" and row["framework"]["data_on_device"]
