@@ -16,8 +16,10 @@ the object's, per axis (1 when it moves exactly as far as the object; in
 times as far at ``model=gaussian16``'s 21x21 feature maps). A best keypoint whose offset
 averages near zero but spreads wide follows a point beside the object that turns around it; a
 small nearest-of-any distance beside a large best-single error means the keypoints do cover the
-object but hand it from one to another. Prints a Markdown table; ``--out`` also writes the
-figures as JSON.
+object but hand it from one to another. Each split also gives the best keypoint's mean presence
+(its softmax mass within a cell of where it sits: near 1 where its map answers in one place, near
+0 where it answers nowhere and the keypoint drifts to the mean of a diffuse map). Prints a Markdown
+table; ``--out`` also writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from dsae.api import load_model  # noqa: E402
 from dsae.config import Config, from_dict  # noqa: E402
 from dsae.data import Dataset, load_dataset  # noqa: E402
-from dsae.evaluate import encode_frames, in_view  # noqa: E402
+from dsae.evaluate import held_out_pass, in_view  # noqa: E402
 from dsae.spatial_softmax import to_pixels  # noqa: E402
 
 
@@ -51,6 +53,7 @@ class HeldOut(NamedTuple):
     train_eps: np.ndarray  # (E,) the training episodes
     rows: np.ndarray  # (N,) the held-out frames' rows in the dataset
     kp: np.ndarray  # (N, K, 2) their keypoints, normalised to [-1, 1]
+    presence: np.ndarray  # (N, K) their presence (SpatialSoftmax's return_presence)
 
     @property
     def kp_px(self) -> np.ndarray:
@@ -67,8 +70,8 @@ def held_out(run: Path) -> HeldOut:
     dataset = load_dataset(state["dataset"], episodes=cfg.data.episodes, verify=False)
     train_eps, test_eps = dataset.split(cfg.data.val_fraction)
     rows = dataset.frame_indices(test_eps)
-    return HeldOut(metrics, model, cfg, dataset, train_eps, rows,
-                   encode_frames(model.encoder, dataset.frames, torch.device("cpu"), rows))
+    kp, presence, _ = held_out_pass(model, dataset.frames, rows, torch.device("cpu"))
+    return HeldOut(metrics, model, cfg, dataset, train_eps, rows, kp, presence)
 
 
 def offsets(run: Path, rings: list[float], row_edges: list[float], edge_distances: list[float]) -> dict[str, dict]:
@@ -84,6 +87,7 @@ def offsets(run: Path, rings: list[float], row_edges: list[float], edge_distance
         index = metrics["keypoint_index"][name]
         if index is None:  # never in view
             continue
+        presence = opened.presence[seen, index]  # (n,): the best keypoint's
         offset = kp_seen[:, index] - obj
         error = np.linalg.norm(offset, axis=1)  # (n,): the best keypoint's
         nearest = np.linalg.norm(kp_seen - obj[:, None], axis=-1).min(1)  # (n,): the nearest of any keypoint
@@ -94,31 +98,35 @@ def offsets(run: Path, rings: list[float], row_edges: list[float], edge_distance
                 if spread[a] > 1e-9 else None for a in (0, 1)]
         out[name] = {"keypoint_index": index, "best_err_px": float(error.mean()),
                      "mean_offset_px": offset.mean(0).tolist(), "offset_std_px": offset.std(0).tolist(),
-                     "gain": gain, "nearest_any_px": float(nearest.mean()),
-                     "by_centre_distance": by_ring(error, nearest, np.linalg.norm(obj - (size - 1) / 2, axis=1), rings),
-                     "by_row": by_ring(error, nearest, obj[:, 1], row_edges),
-                     "by_edge_distance": by_ring(error, nearest, np.minimum(obj, size - 1 - obj).min(1).clip(min=0), edge_distances)}
+                     "gain": gain, "nearest_any_px": float(nearest.mean()), "presence": float(presence.mean()),
+                     "by_centre_distance": by_ring(error, nearest, presence, np.linalg.norm(obj - (size - 1) / 2, axis=1), rings),
+                     "by_row": by_ring(error, nearest, presence, obj[:, 1], row_edges),
+                     "by_edge_distance": by_ring(error, nearest, presence, np.minimum(obj, size - 1 - obj).min(1).clip(min=0),
+                                                 edge_distances)}
     return out
 
 
-def by_ring(error: np.ndarray, nearest: np.ndarray, radius: np.ndarray, rings: list[float]) -> list[dict]:
-    """The best keypoint's errors and the nearest keypoint's distances (N,) split by radius (N,)
-    (or any other per-frame value, such as the object's image row) at the edges ``rings`` (px):
-    per ring its share of the frames and both means (None where empty)."""
+def by_ring(error: np.ndarray, nearest: np.ndarray, presence: np.ndarray, radius: np.ndarray,
+            rings: list[float]) -> list[dict]:
+    """The best keypoint's errors and presence and the nearest keypoint's distances (N,) split by
+    radius (N,) (or any other per-frame value, such as the object's image row) at the edges
+    ``rings`` (px): per ring its share of the frames and the three means (None where empty)."""
     edges = [0.0, *rings, float("inf")]
     out = []
     for low, high in zip(edges[:-1], edges[1:]):
         inside = (radius >= low) & (radius < high)
         out.append({"from_px": low, "to_px": high, "share": float(inside.mean()),
                     "err_px": float(error[inside].mean()) if inside.any() else None,
-                    "nearest_any_px": float(nearest[inside].mean()) if inside.any() else None})
+                    "nearest_any_px": float(nearest[inside].mean()) if inside.any() else None,
+                    "presence": float(presence[inside].mean()) if inside.any() else None})
     return out
 
 
 def splits(parts: list[dict]) -> str:
-    """by_ring's parts as one table cell: 'from–to px (share): error (nearest of any); ...'."""
+    """by_ring's parts as one table cell: 'from–to px (share): error (nearest of any), presence; ...'."""
     return "; ".join(f"{r['from_px']:g}–{r['to_px']:g} px ({r['share']:.0%}): "
-                     + ("—" if r["err_px"] is None else f"{r['err_px']:.1f} ({r['nearest_any_px']:.1f})") for r in parts)
+                     + ("—" if r["err_px"] is None else f"{r['err_px']:.1f} ({r['nearest_any_px']:.1f}), {r['presence']:.2f}")
+                     for r in parts)
 
 
 def main() -> None:
@@ -137,16 +145,16 @@ def main() -> None:
         if not (run / "metrics.json").exists():
             parser.error(f"{run} is not a finished scripts/train.py run (no metrics.json)")
     result = {str(run): offsets(run, args.rings, args.row_edges, args.edge_distances) for run in args.runs}
-    print("| run | object | best keypoint | its error | mean offset | offset std | gain | nearest of any | error (nearest of any) "
-          "by distance from the centre | by image row | by distance from the edge |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| run | object | best keypoint | its error | mean offset | offset std | gain | nearest of any | its presence | "
+          "error (nearest of any), presence by distance from the centre | by image row | by distance from the edge |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run, objects in result.items():
         for name, f in objects.items():
             gain = ", ".join("—" if g is None else f"{g:.2f}" for g in f["gain"])
             rings, rows, edges = (splits(f["by_centre_distance"]), splits(f["by_row"]), splits(f["by_edge_distance"]))
             print(f"| {Path(run).parent.name}/{Path(run).name} | {name} | {f['keypoint_index']} | {f['best_err_px']:.1f} px | "
                   f"({f['mean_offset_px'][0]:.1f}, {f['mean_offset_px'][1]:.1f}) px | "
-                  f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | ({gain}) | {f['nearest_any_px']:.1f} px | {rings} | {rows} | {edges} |")
+                  f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | ({gain}) | {f['nearest_any_px']:.1f} px | {f['presence']:.2f} | {rings} | {rows} | {edges} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

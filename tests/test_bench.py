@@ -172,6 +172,10 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
         split = sum(r["share"] * r["err_px"] for r in rings if r["err_px"] is not None)
         assert split == pytest.approx(figures[name]["best_err_px"], rel=1e-6)
         assert all(r["nearest_any_px"] <= r["err_px"] for r in rings if r["err_px"] is not None)
+        # The best keypoint's presence, over all frames and split: a share of the softmax's mass.
+        assert 0 < figures[name]["presence"] <= 1
+        split = sum(r["share"] * r["presence"] for r in rings if r["presence"] is not None)
+        assert split == pytest.approx(figures[name]["presence"], rel=1e-6)
         rows = figures[name]["by_row"]  # above and below row 16: the same frames, split another way
         assert [r["from_px"] for r in rows] == [0, 16] and sum(r["share"] for r in rows) == pytest.approx(1)
         split = sum(r["share"] * r["err_px"] for r in rows if r["err_px"] is not None)
