@@ -287,6 +287,28 @@ def test_recolour_background_changes_the_scene_of_the_first_triples_alone():
     torch.testing.assert_close(recolour_background(frames, median, triples=0), frames)
     with pytest.raises(ConfigError, match="background_jitter"):
         ModelConfig(background_jitter=1.5)
+    single = recolour_background(frames, median, triples=2, group=1)  # single frames, one colour each
+    torch.testing.assert_close(single[2:], frames[2:])
+    assert not torch.allclose(single[0, :, 6:, 6:], single[1, :, 6:, 6:])
+
+
+def test_equivariance_recolour_shows_half_the_turned_frames_before_another_scene(monkeypatch):
+    """model.equivariance_recolour: the turned frames' first half recoloured, one colour each,
+    around the median frame that set_background stores; and a keypoint found in either counts."""
+    torch.manual_seed(0)
+    with pytest.raises(ConfigError, match="equivariance_weight"):
+        ModelConfig(equivariance_recolour=True, equivariance_weight=0.0)
+    model = DeepSpatialAutoencoder(ModelConfig(equivariance_recolour=True), 16)
+    triples = torch.randint(0, 256, (32, 3, 16, 16, 3), dtype=torch.uint8)  # 8 turned frames
+    model.set_background(triples.flatten(0, 1))
+    torch.testing.assert_close(model.median_frame, to_float_images(triples.flatten(0, 1).median(0).values[None]))
+    calls = []
+    def recording(frames, median, triples, group=3):
+        calls.append((len(frames), triples, group))
+        return recolour_background(frames, median, triples, group)
+    monkeypatch.setattr("dsae.model.recolour_background", recording)
+    _, parts = model.loss(triples)
+    assert calls == [(8, 4, 1)] and float(parts["equivariance"]) > 0
 
 
 @pytest.mark.parametrize("recon_loss", ["mse", "l1"])
@@ -409,9 +431,15 @@ def _brightest(frames: torch.Tensor) -> torch.Tensor:
 def test_rotate_frames_carries_a_point_to_its_keypoint_times_the_matrix():
     frame, (row, col) = _dot(64, 20, 45), (20, 45)
     grid = torch.linspace(-1, 1, 64)
+    point = torch.stack([grid[col], grid[row]])[None, None]  # (1, 1, 2)
     turned, rotation = rotate_frames(frame, torch.tensor([0.7]))
-    assert torch.allclose(_brightest(turned), torch.stack([grid[col], grid[row]])[None, None] @ rotation, atol=0.01)
+    assert torch.allclose(_brightest(turned), point @ rotation, atol=0.01)
     assert torch.allclose(rotation @ rotation.transpose(1, 2), torch.eye(2)[None], atol=1e-6)
+    # Mirrored (model.equivariance_mirror): at angle 0 the dot's x changes sign; turned too, p @ R still holds.
+    mirrored, reflection = rotate_frames(frame.expand(2, -1, -1, -1), torch.tensor([0.0, 0.7]), torch.tensor([True, True]))
+    assert torch.allclose(_brightest(mirrored)[0], point[0] * torch.tensor([-1.0, 1.0]), atol=0.01)
+    assert torch.allclose(_brightest(mirrored), point @ reflection, atol=0.01)
+    assert torch.allclose(torch.linalg.det(reflection), -torch.ones(2), atol=1e-6)
 
 
 def test_equivariance_error_is_zero_for_keypoints_that_turn_with_the_frame_and_not_for_fixed_ones():
@@ -439,6 +467,24 @@ def test_the_equivariance_term_enters_the_loss_and_trains_the_encoder():
     assert float(total.detach()) == pytest.approx(float(parts["recon_mse"] + 0.01 * parts["slow"] + parts["equivariance"]), rel=1e-4)
     total.backward()
     assert model.encoder.features[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_equivariance_mirror_reflects_about_half_the_turned_frames(monkeypatch, mirror):
+    torch.manual_seed(0)
+    model = _equivariance_model(temperature=1e-3)
+    model.cfg.equivariance_mirror = mirror
+    seen = []
+    def recording(images, angles, flags=None):
+        seen.append(flags)
+        return rotate_frames(images, angles, flags)
+    monkeypatch.setattr("dsae.model.rotate_frames", recording)
+    _, parts = model.loss(torch.randint(0, 256, (64, 3, 16, 16, 3), dtype=torch.uint8))  # 16 turned frames
+    assert float(parts["equivariance"]) > 0
+    if not mirror:
+        assert seen == [None]
+    else:
+        assert seen[0].shape == (16,) and 0 < int(seen[0].sum()) < 16
 
 
 def test_a_diffuse_keypoint_need_not_turn_with_the_frame():
