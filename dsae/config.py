@@ -82,7 +82,6 @@ class ModelConfig:
     separation_sigma: float = 0.1  # separation penalty's reach, normalised units
     equivariance_weight: float = 0.01  # 0 = off (paper); weight of ||keypoints(turned frame) - turned keypoints||^2 (Thewlis et al. 2017): the middle frame of one triple in four turned about the image centre; only keypoints that have found something count
     equivariance_angle: float = 180.0  # the turn is uniform within +-this many degrees
-    equivariance_recolour: bool = False  # half the turned frames also show the scene recoloured behind the objects (as model.background_jitter does), and a keypoint found in either frame counts: a keypoint must keep to its object whatever lies behind it (a grey gripper over the black floor and over the grey table)
     equivariance_mirror: bool = False  # half the turned frames are also mirrored: a keypoint on a mirror-symmetric object (a gripper's U, a round puck) must then sit on its axis of symmetry, not on one side of it
     scene_difference: bool = False  # the encoder also reads each frame less the scene's median frame (6 input channels), so what differs from the static scene stands out even where it is faint against it (a grey arm on a grey table)
     background_jitter: float = 0.0  # in training, this share of the triples show the encoder a recoloured scene: pixels like the scene's median frame become that frame times a random gain plus a random tint (one draw per triple), so a keypoint learns an object apart from what lies behind it (the reconstruction target is the frame as it was)
@@ -129,8 +128,6 @@ class ModelConfig:
             raise ConfigError(f"model.concentration_until must be in (0, 1] (a share of the steps), got {self.concentration_until}")
         if not 0 <= self.local_warmup < 1:
             raise ConfigError(f"model.local_warmup must be in [0, 1), got {self.local_warmup}")
-        if self.equivariance_recolour and not self.equivariance_weight > 0:
-            raise ConfigError("model.equivariance_recolour=true needs the equivariance term: set model.equivariance_weight > 0")
         if not 0 < self.equivariance_angle <= 180:
             raise ConfigError(f"model.equivariance_angle must be in (0, 180] degrees, got {self.equivariance_angle}")
         if self.decoder_sigma_end is not None and not self.decoder_sigma_end > 0:

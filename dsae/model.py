@@ -310,21 +310,20 @@ def rotate_frames(images: torch.Tensor, angles: torch.Tensor,
     return F.grid_sample(images, grid, padding_mode="border", align_corners=True), rotation
 
 
-def recolour_background(frames: torch.Tensor, median: torch.Tensor, triples: int, group: int = 3) -> torch.Tensor:
-    """Frames float (group * B, 3, H, W) of B groups of ``group`` consecutive frames (triples by
-    default), the first ``triples`` groups with their scene recoloured: the pixels within
-    BACKGROUND_TOLERANCE of the median frame (1, 3, H, W), and not beside one that differs, become
-    the median frame times a gain in [0, 1.5) plus a tint in [0, 0.5) per channel, clipped to
-    [0, 1]; one draw per group, so its frames agree."""
+def recolour_background(frames: torch.Tensor, median: torch.Tensor, triples: int) -> torch.Tensor:
+    """Frames float (3B, 3, H, W) of B triples, the first ``triples`` of them with their scene
+    recoloured: the pixels within BACKGROUND_TOLERANCE of the median frame (1, 3, H, W), and not
+    beside one that differs, become the median frame times a gain in [0, 1.5) plus a tint in
+    [0, 0.5) per channel, clipped to [0, 1]; one draw per triple, so its three frames agree."""
     if triples == 0:
         return frames
-    head = frames[:group * triples]
+    head = frames[:3 * triples]
     moved = ((head - median).abs().amax(dim=1, keepdim=True) > BACKGROUND_TOLERANCE).float()
     moved = F.max_pool2d(moved, 3, stride=1, padding=1)  # an object's anti-aliased edge stays with it
-    gain = (torch.rand(triples, 1, 1, 1, device=frames.device) * 1.5).repeat_interleave(group, dim=0)
-    tint = (torch.rand(triples, 3, 1, 1, device=frames.device) * 0.5).repeat_interleave(group, dim=0)
+    gain = (torch.rand(triples, 1, 1, 1, device=frames.device) * 1.5).repeat_interleave(3, dim=0)
+    tint = (torch.rand(triples, 3, 1, 1, device=frames.device) * 0.5).repeat_interleave(3, dim=0)
     scene = (median * gain + tint).clamp(0, 1)
-    return torch.cat([moved * head + (1 - moved) * scene, frames[group * triples:]])
+    return torch.cat([moved * head + (1 - moved) * scene, frames[3 * triples:]])
 
 
 def equivariance_error(turned: torch.Tensor, keypoints: torch.Tensor, rotation: torch.Tensor,
@@ -377,10 +376,8 @@ class DeepSpatialAutoencoder(nn.Module):
         # set by set_background() before training; saved with the weights (as is the encoder's
         # full-size median frame with model.scene_difference).
         self.register_buffer("background", torch.full(recon_shape(cfg), 0.5))
-        # The full-size median colour frame (1, 3, H, W) that model.background_jitter and
-        # model.equivariance_recolour recolour around.
-        recolours = cfg.background_jitter or cfg.equivariance_recolour
-        self.register_buffer("median_frame", torch.full((1, 3, image_size, image_size), 0.5) if recolours else None)
+        # The full-size median colour frame (1, 3, H, W) that model.background_jitter recolours around.
+        self.register_buffer("median_frame", torch.full((1, 3, image_size, image_size), 0.5) if cfg.background_jitter else None)
 
     @torch.no_grad()
     def set_background(self, frames: torch.Tensor) -> None:
@@ -425,7 +422,7 @@ class DeepSpatialAutoencoder(nn.Module):
         b = triples.shape[0]
         images = triples.flatten(0, 1)
         x = to_float_images(images)
-        if self.cfg.background_jitter and self.training:
+        if self.median_frame is not None and self.training:
             x = recolour_background(x, self.median_frame, round(self.cfg.background_jitter * b))
         if self.cfg.equivariance_weight > 0:
             keypoints, equivariance, features = self._encode_with_turns(x)
@@ -464,23 +461,16 @@ class DeepSpatialAutoencoder(nn.Module):
         set of statistics in training. The first conv's inputs are turned, the frames less the
         scene's median frame with them, so that a turned frame is still compared with its own scene.
         Also the unturned frames' feature maps (3B, K, h, w)."""
+        x = self.encoder.inputs(x)
         turns = max(1, len(x) // 3 // EQUIVARIANCE_SHARE)
         angles = (torch.rand(turns, device=x.device) * 2 - 1) * math.radians(self.cfg.equivariance_angle)
         mirror = torch.rand(turns, device=x.device) < 0.5 if self.cfg.equivariance_mirror else None
         middle = slice(1, 3 * turns, 3)  # the middle frames of the first `turns` triples
-        source = x[middle]
-        if self.cfg.equivariance_recolour:  # the first half of them before an other scene
-            source = recolour_background(source, self.median_frame, turns // 2, group=1)
-        x = self.encoder.inputs(x)
-        turned, rotation = rotate_frames(self.encoder.inputs(source), angles, mirror)
+        turned, rotation = rotate_frames(x[middle], angles, mirror)
         features = self.encoder.feature_maps(torch.cat([x, turned]))
         keypoints, turned_keypoints = self.encoder.locate(features, x.shape[-2:]).split([len(x), turns])
         # Only keypoints that have found something (half their softmax mass within a cell of where
         # they sit) must turn with it; a diffuse one stays free to wait for an object to appear.
-        # With the scene recoloured, one found in either frame counts: a keypoint that finds its
-        # object before one scene must find it before the other.
         with torch.no_grad():
             found = self.encoder.softmax(features[middle], return_presence=True).presence > 0.5
-            if self.cfg.equivariance_recolour:
-                found |= self.encoder.softmax(features[len(x):], return_presence=True).presence > 0.5
         return keypoints, equivariance_error(turned_keypoints, keypoints[middle], rotation, found), features[:len(x)]

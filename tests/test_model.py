@@ -287,28 +287,6 @@ def test_recolour_background_changes_the_scene_of_the_first_triples_alone():
     torch.testing.assert_close(recolour_background(frames, median, triples=0), frames)
     with pytest.raises(ConfigError, match="background_jitter"):
         ModelConfig(background_jitter=1.5)
-    single = recolour_background(frames, median, triples=2, group=1)  # single frames, one colour each
-    torch.testing.assert_close(single[2:], frames[2:])
-    assert not torch.allclose(single[0, :, 6:, 6:], single[1, :, 6:, 6:])
-
-
-def test_equivariance_recolour_shows_half_the_turned_frames_before_another_scene(monkeypatch):
-    """model.equivariance_recolour: the turned frames' first half recoloured, one colour each,
-    around the median frame that set_background stores; and a keypoint found in either counts."""
-    torch.manual_seed(0)
-    with pytest.raises(ConfigError, match="equivariance_weight"):
-        ModelConfig(equivariance_recolour=True, equivariance_weight=0.0)
-    model = DeepSpatialAutoencoder(ModelConfig(equivariance_recolour=True), 16)
-    triples = torch.randint(0, 256, (32, 3, 16, 16, 3), dtype=torch.uint8)  # 8 turned frames
-    model.set_background(triples.flatten(0, 1))
-    torch.testing.assert_close(model.median_frame, to_float_images(triples.flatten(0, 1).median(0).values[None]))
-    calls = []
-    def recording(frames, median, triples, group=3):
-        calls.append((len(frames), triples, group))
-        return recolour_background(frames, median, triples, group)
-    monkeypatch.setattr("dsae.model.recolour_background", recording)
-    _, parts = model.loss(triples)
-    assert calls == [(8, 4, 1)] and float(parts["equivariance"]) > 0
 
 
 @pytest.mark.parametrize("recon_loss", ["mse", "l1"])
