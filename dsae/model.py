@@ -293,17 +293,12 @@ def separation_penalty(keypoints: torch.Tensor, sigma: float) -> torch.Tensor:
     return (torch.exp(-d2 / (2 * sigma**2)).sum((-1, -2)) - k).mean() / (k * (k - 1))
 
 
-def rotate_frames(images: torch.Tensor, angles: torch.Tensor,
-                  mirror: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rotate_frames(images: torch.Tensor, angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames float (B, C, H, W) turned by ``angles`` (B,) radians about the image centre (borders
-    repeated), those that ``mirror`` (B,) marks also reflected (about an axis through the centre
-    at half the angle), and the (B, 2, 2) orthogonal matrices R that carry a keypoint (x, y) of a
-    frame, as a row vector in normalised coordinates, to its place in the turned frame: p @ R."""
+    repeated), and the (B, 2, 2) matrices R that carry a keypoint (x, y) of a frame, as a row
+    vector in normalised coordinates, to its place in the turned frame: p @ R."""
     cos, sin = angles.cos(), angles.sin()
     rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
-    if mirror is not None:  # R diag(-1, 1): x reflected before the turn
-        flip = torch.stack([1 - 2 * mirror.to(rotation.dtype), torch.ones_like(angles)], -1)  # (B, 2)
-        rotation = rotation * flip[:, None, :]
     # The sampling grid reads the turned frame's pixel q from the frame at R q, so p lands at R^T p.
     theta = torch.cat([rotation, rotation.new_zeros(len(angles), 2, 1)], dim=-1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=True)
@@ -464,9 +459,8 @@ class DeepSpatialAutoencoder(nn.Module):
         x = self.encoder.inputs(x)
         turns = max(1, len(x) // 3 // EQUIVARIANCE_SHARE)
         angles = (torch.rand(turns, device=x.device) * 2 - 1) * math.radians(self.cfg.equivariance_angle)
-        mirror = torch.rand(turns, device=x.device) < 0.5 if self.cfg.equivariance_mirror else None
         middle = slice(1, 3 * turns, 3)  # the middle frames of the first `turns` triples
-        turned, rotation = rotate_frames(x[middle], angles, mirror)
+        turned, rotation = rotate_frames(x[middle], angles)
         features = self.encoder.feature_maps(torch.cat([x, turned]))
         keypoints, turned_keypoints = self.encoder.locate(features, x.shape[-2:]).split([len(x), turns])
         # Only keypoints that have found something (half their softmax mass within a cell of where
