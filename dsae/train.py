@@ -322,7 +322,6 @@ def run_training(cfg: Config, run_dir: Path | str, progress: bool = True,
     the gradient is the single-process one; rank 0 alone logs, checkpoints and evaluates.
     """
     rank, world, dist_device = distributed.setup(cfg.device)
-    trainer = None
     try:
         own_dir = Path(run_dir)
         run_dir = Path(distributed.broadcast(str(own_dir), world))

@@ -189,6 +189,6 @@ def test_benchmarks_add_their_cuda_rows(tmp_path):
 
     out = tmp_path / "throughput.json"
     run_bench("train_throughput.py", "--models", "default", "--steps", "2", "--warmup", "1", "--episodes", "4",
-                 "--device", "cuda", "--out", str(out))
+              "--device", "cuda", "--out", str(out))
     (row,) = json.loads(out.read_text())["rows"]
     assert row["device"] == "cuda" and row["framework"]["amp"] == "bfloat16" and row["framework"]["data_on_device"]
