@@ -40,6 +40,7 @@ MODEL_SETTINGS_SAVED_BEFORE = {  # model settings added since checkpoints were s
     "recon_loss": "mse",  # saved before model.recon_loss: trained on the squared error
     "scene_difference": False,  # saved before model.scene_difference: its encoder read the frame alone
     "background_jitter": 0.0,  # saved before model.background_jitter: its scene was never recoloured
+    "wide_input": "frame",  # saved before model.wide_input: every keypoint read the frame
     "concentration_weight": 0.0,  # saved before model.concentration_weight: no concentration term
     "concentration_until": 1.0,  # saved before model.concentration_until: the term (if any) counted throughout
 }

@@ -50,6 +50,7 @@ DATA_SOURCES = ("collect", "videos", "hdf5")
 EXPLORATION_POLICIES = ("pd", "random")  # data.policy values other than a run folder
 DECODERS = ("gaussian", "fc", "transport")
 RECON_LOSSES = ("mse", "l1")
+WIDE_INPUTS = ("foreground", "frame")
 
 
 @dataclass
@@ -83,10 +84,16 @@ class ModelConfig:
     equivariance_weight: float = 0.01  # 0 = off (paper); weight of ||keypoints(turned frame) - turned keypoints||^2 (Thewlis et al. 2017): the middle frame of one triple in four turned about the image centre; only keypoints that have found something count
     equivariance_angle: float = 180.0  # the turn is uniform within +-this many degrees
     scene_difference: bool = False  # the encoder also reads each frame less the scene's median frame (6 input channels), so what differs from the static scene stands out even where it is faint against it (a grey arm on a grey table)
+    wide_input: str = "frame"  # what the wide keypoints' stack reads beside local keypoints: frame (the frame itself) or foreground, how far each pixel is from the scene's median frame (per channel, min(|frame - median| / 0.1, 1): a grey gripper looks the same over a light table as over a black floor, and what never moves is left to the local keypoints, which then read the frame through a first conv of their own); without local keypoints every keypoint reads the frame
     background_jitter: float = 0.0  # in training, this share of the triples show the encoder a recoloured scene: pixels like the scene's median frame become that frame times a random gain plus a random tint (one draw per triple), so a keypoint learns an object apart from what lies behind it (the reconstruction target is the frame as it was)
     concentration_weight: float = 0.03  # 0 = off; weight of the mean variance of each local keypoint's softmax over its map (every keypoint's when none is local; Zhang et al. 2018's concentration term), the temperature held fixed: a small object's map answers in one place, not over several
     concentration_until: float = 0.3  # the share of the steps during which concentration_weight counts (1: all of them); 0.3, the local warmup's: maps held in one place while the local keypoints take the small objects, then free to spread over a tip of a pixel or two
     local_warmup: float = 0.3  # for this share of the steps only the local keypoints open windows in the transport decoder (the others wait), so the keypoints that answer to small patches take the small objects first; without local keypoints or that decoder there is nothing to hold back
+
+    @property
+    def reads_foreground(self) -> bool:
+        """Whether the wide keypoints' stack reads the foreground (``wide_input``), which it does beside local keypoints alone."""
+        return self.wide_input == "foreground" and self.local_count > 0
 
     @property
     def local_count(self) -> int:
@@ -119,6 +126,10 @@ class ModelConfig:
                 "model.local_keypoints needs maps of one size whose cells look at the same pixels: two or more convs, "
                 "odd kernels at stride 1 after the first, and padding same or replicate (not valid); "
                 "or set model.local_keypoints=0")
+        check_choice(self.wide_input, "model.wide_input", WIDE_INPUTS)
+        if self.scene_difference and self.reads_foreground:
+            raise ConfigError("model.scene_difference and model.wide_input=foreground both change what the encoder reads: "
+                              "set model.wide_input=frame with model.scene_difference=true")
         if not 0 <= self.background_jitter <= 1:
             raise ConfigError(f"model.background_jitter must be in [0, 1] (a share of the triples), got {self.background_jitter}")
         if self.concentration_weight < 0:

@@ -90,6 +90,7 @@ def receptive_field_centres(kernels: list[int], strides: list[int], padding: str
 
 
 _BLOCK = 3  # modules per conv block of _conv_blocks: conv, norm, ReLU
+FOREGROUND_CONTRAST = 0.1  # model.wide_input=foreground: a pixel this far from the scene's median frame (in [0, 1], per channel) is wholly foreground
 
 
 def _conv_blocks(in_ch: int, channels: list[int], kernels: list[int], strides: list[int], cfg: ModelConfig) -> list[nn.Module]:
@@ -120,6 +121,11 @@ class SpatialEncoder(nn.Module):
         deep_keypoints = cfg.num_keypoints - cfg.local_count
         project = cfg.channels[-1] != deep_keypoints if cfg.project is None else cfg.project
         layers = _conv_blocks(6 if cfg.scene_difference else 3, cfg.channels, cfg.kernels, cfg.strides, cfg)
+        # With model.wide_input=foreground the stack above reads the foreground, and the local
+        # keypoints get a first conv of their own that reads the frame.
+        self.local_first = None
+        if cfg.reads_foreground:
+            self.local_first = nn.Sequential(*_conv_blocks(3, cfg.channels[:1], cfg.kernels[:1], cfg.strides[:1], cfg))
         if project:
             layers.append(nn.Conv2d(cfg.channels[-1], deep_keypoints, 1))
         self.features = nn.Sequential(*layers)
@@ -133,26 +139,34 @@ class SpatialEncoder(nn.Module):
         self.softmax_channels = cfg.num_keypoints
         self.softmax = SpatialSoftmax(cfg.temperature, cfg.learn_temperature)
         self.centres = receptive_field_centres(cfg.kernels, cfg.strides, cfg.padding) if cfg.keypoint_frame == "image" else None
-        if cfg.scene_difference and image_size is None:
-            raise ValueError("model.scene_difference needs the image size: SpatialEncoder(cfg, image_size)")
-        # The scene's median frame (1, 3, H, W) with model.scene_difference, set by DeepSpatialAutoencoder.set_background.
-        self.register_buffer("scene", torch.full((1, 3, image_size, image_size), 0.5) if cfg.scene_difference else None)
+        reads_scene = cfg.scene_difference or cfg.reads_foreground
+        if reads_scene and image_size is None:
+            raise ValueError("model.scene_difference and model.wide_input=foreground need the image size: SpatialEncoder(cfg, image_size)")
+        # The scene's median frame (1, 3, H, W) with model.scene_difference or the foreground, set by DeepSpatialAutoencoder.set_background.
+        self.register_buffer("scene", torch.full((1, 3, image_size, image_size), 0.5) if reads_scene else None)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """What the first conv reads: float images (B, 3, H, W) -> (B, 3, H, W), or with
-        ``model.scene_difference`` (B, 6, H, W): the frames and the frames less the scene's median frame."""
+        """What the first convs read: float images (B, 3, H, W) -> (B, 3, H, W), or (B, 6, H, W): the
+        frames and, with ``model.scene_difference``, the frames less the scene's median frame, or with
+        the foreground (``model.wide_input``) how far each pixel is from it, in units of
+        FOREGROUND_CONTRAST and at most 1."""
         if self.scene is None:
             return x
         if x.shape[-2:] != self.scene.shape[-2:]:
             raise ValueError(f"this encoder was trained on {tuple(self.scene.shape[-2:])} frames of its scene, "
                              f"got {tuple(x.shape[-2:])}: render the scene at the encoder's image size")
-        return torch.cat([x, x - self.scene], dim=1)
+        difference = x - self.scene
+        if self.local_first is not None:
+            return torch.cat([x, (difference.abs() / FOREGROUND_CONTRAST).clamp(max=1)], dim=1)
+        return torch.cat([x, difference], dim=1)
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         """One map per keypoint: the first conv's input (B, 3 or 6, H, W; ``inputs``) -> (B, K, h, w);
         the local keypoints' maps first, then those of the whole stack."""
         if self.local is None:
             return self.features(x)
+        if self.local_first is not None:  # the frame to the local keypoints, the foreground to the stack
+            return torch.cat([self.local(self.local_first(x[:, :3])), self.features(x[:, 3:])], dim=1)
         first = self.features[:_BLOCK](x)  # the first conv, its norm and ReLU
         return torch.cat([self.local(first), self.features[_BLOCK:](first)], dim=1)
 

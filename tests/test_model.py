@@ -6,6 +6,7 @@ import torch
 from dsae.config import ModelConfig
 from dsae.errors import ConfigError
 from dsae.model import (
+    FOREGROUND_CONTRAST,
     DeepSpatialAutoencoder,
     SpatialEncoder,
     equivariance_error,
@@ -269,6 +270,42 @@ def test_scene_difference_reads_each_frame_less_the_scenes_median_frame():
     triples = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
     losses, parts = _train(model, triples, 15)
     assert "equivariance" in parts and losses[-1] < losses[0]
+
+
+def test_wide_keypoints_read_the_foreground_and_local_ones_the_frame():
+    """model.wide_input=foreground: the stack of the wide keypoints reads how far each pixel is
+    from the scene's median frame, in units of FOREGROUND_CONTRAST and at most 1, so a pixel well
+    off the scene looks the same to it whatever its shade; the local keypoints read the frame
+    through a first conv of their own. Without local keypoints every keypoint reads the frame."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=[8, 8, 4], kernels=[3, 3, 3], strides=[2, 1, 1], num_keypoints=6, local_keypoints=2,
+                      norm="none", recon_size=8, wide_input="foreground")
+    model = DeepSpatialAutoencoder(cfg, 32).eval()
+    assert model.encoder.features[0].in_channels == 3 and model.encoder.local_first[0].in_channels == 3
+    model.set_background(torch.full((5, 32, 32, 3), 100, dtype=torch.uint8))
+    frames = torch.full((3, 32, 32, 3), 100, dtype=torch.uint8)
+    object_ = (slice(12, 20), slice(12, 20))
+    frames[0][object_], frames[1][object_], frames[2][object_] = 200, 250, 110  # far off the scene, farther, a little off
+    x = model.encoder.inputs(to_float_images(frames))
+    assert x.shape == (3, 6, 32, 32)
+    torch.testing.assert_close(x[:, :3], to_float_images(frames))  # the frame, for the local keypoints
+    torch.testing.assert_close(x[:, 3:, 16, 16], torch.tensor([1.0, 1.0, (10 / 255) / FOREGROUND_CONTRAST]).repeat(3, 1).T)
+    assert x[:, 3:, :12].abs().max() == 0  # pixels like the scene: no foreground
+    with torch.no_grad():
+        maps, local_first = model.encoder.feature_maps(x), model.encoder.local_first(x[:, :3])
+    torch.testing.assert_close(maps[0, 2:], maps[1, 2:])  # the wide maps: the same silhouette
+    assert not torch.allclose(local_first[0], local_first[1])  # what the local maps read: another shade
+    assert not torch.allclose(maps[0, 2:], maps[2, 2:])  # a faint difference is a faint foreground
+    assert "encoder.scene" in model.state_dict()  # saved with the weights: the encoder carries its scene
+    losses, parts = _train(model.train(), torch.randint(0, 256, (2, 3, 32, 32, 3), dtype=torch.uint8), 15)
+    assert "equivariance" in parts and losses[-1] < losses[0]  # the equivariance term turns all 6 channels
+    plain = DeepSpatialAutoencoder(ModelConfig(channels=[8, 4], kernels=[3, 3], strides=[2, 1], num_keypoints=4,
+                                               local_keypoints=0, recon_size=8, wide_input="foreground"), 32)
+    assert plain.encoder.scene is None and plain.encoder.local_first is None and plain.encoder.features[0].in_channels == 3
+    with pytest.raises(ConfigError, match="model.wide_input=frame"):
+        ModelConfig(scene_difference=True, wide_input="foreground")
+    with pytest.raises(ConfigError, match="model.wide_input"):
+        ModelConfig(wide_input="mask")
 
 
 def test_recolour_background_changes_the_scene_of_the_first_triples_alone():
