@@ -109,20 +109,6 @@ def test_a_checkpoint_from_before_local_keypoints_loads_without_them(tmp_path):
     torch.testing.assert_close(dsae.load_encoder(tmp_path / "old.pt", device="cpu")(images), model.encoder(images))
 
 
-def test_a_checkpoint_from_before_wide_input_reads_the_frame_alone(tmp_path):
-    """Saved with local keypoints but before model.wide_input, its wide keypoints read the frame: it
-    loads so (no foreground, no scene buffer), and encodes as it did."""
-    cfg = tiny_config(tmp_path)
-    model = dsae.DeepSpatialAutoencoder(cfg.model, 32).eval()
-    assert cfg.model.local_count > 0 and model.encoder.scene is None
-    old = to_dict(cfg)
-    del old["model"]["wide_input"]
-    save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "config": old, "image_size": 32, "step": 0})
-    assert load_checkpoint(tmp_path / "old.pt")["config"]["model"]["wide_input"] == "frame"
-    images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
-    torch.testing.assert_close(dsae.load_encoder(tmp_path / "old.pt", device="cpu")(images), model.encoder(images))
-
-
 def test_a_resumed_run_keeps_its_budget_unless_the_command_names_one():
     from dsae.checkpoint import resumed_config
     from dsae.errors import ConfigError
