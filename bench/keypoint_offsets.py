@@ -18,8 +18,11 @@ averages near zero but spreads wide follows a point beside the object that turns
 small nearest-of-any distance beside a large best-single error means the keypoints do cover the
 object but hand it from one to another. Each split also gives the best keypoint's mean presence
 (its softmax mass within a cell of where it sits: near 1 where its map answers in one place, near
-0 where it answers nowhere and the keypoint drifts to the mean of a diffuse map). Prints a Markdown
-table; ``--out`` also writes the figures as JSON.
+0 where it answers nowhere and the keypoint drifts to the mean of a diffuse map). Over time, within
+the held-out episodes: the offset's autocorrelation one, three and ten frames apart (near 1: an
+offset that lasts, a point beside the object that the keypoint follows; near 0 one frame apart:
+jitter) and the mean acceleration |p(t+1) - 2 p(t) + p(t-1)| of the keypoint and of the object
+(px). Prints a Markdown table; ``--out`` also writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -79,14 +82,16 @@ def offsets(run: Path, rings: list[float], row_edges: list[float], edge_distance
     opened = held_out(run)
     metrics, dataset, rows, kp = opened.metrics, opened.dataset, opened.rows, opened.kp_px
     size = dataset.image_size
+    episode = np.searchsorted(dataset.starts, rows, side="right") - 1  # (N,) each held-out frame's episode
     out = {}
     for name in dataset.objects:
         obj = dataset.pixels[name][rows]  # (N, 2)
         seen = in_view(obj, size)  # frames where the object is in view, as keypoint_err_px counts them
-        obj, kp_seen = obj[seen], kp[seen]  # (n, 2), (n, K, 2)
         index = metrics["keypoint_index"][name]
         if index is None:  # never in view
             continue
+        over_time = temporal(kp[:, index], obj, seen, episode)
+        obj, kp_seen = obj[seen], kp[seen]  # (n, 2), (n, K, 2)
         presence = opened.presence[seen, index]  # (n,): the best keypoint's
         offset = kp_seen[:, index] - obj
         error = np.linalg.norm(offset, axis=1)  # (n,): the best keypoint's
@@ -99,11 +104,35 @@ def offsets(run: Path, rings: list[float], row_edges: list[float], edge_distance
         out[name] = {"keypoint_index": index, "best_err_px": float(error.mean()),
                      "mean_offset_px": offset.mean(0).tolist(), "offset_std_px": offset.std(0).tolist(),
                      "gain": gain, "nearest_any_px": float(nearest.mean()), "presence": float(presence.mean()),
+                     **over_time,
                      "by_centre_distance": by_ring(error, nearest, presence, np.linalg.norm(obj - (size - 1) / 2, axis=1), rings),
                      "by_row": by_ring(error, nearest, presence, obj[:, 1], row_edges),
                      "by_edge_distance": by_ring(error, nearest, presence, np.minimum(obj, size - 1 - obj).min(1).clip(min=0),
                                                  edge_distances)}
     return out
+
+
+def temporal(track: np.ndarray, obj: np.ndarray, seen: np.ndarray, episode: np.ndarray,
+             lags: tuple[int, ...] = (1, 3, 10)) -> dict:
+    """How the best keypoint's offset from the object moves over the held-out frames in order, from
+    its track and the object's positions (N, 2), where the object is in view (N,) and each frame's
+    episode (N,): the offset's autocorrelation at each lag (the mean over the axes along which it
+    varies; None where it never does over frames that far apart in one episode), and the mean acceleration of the keypoint and of
+    the object over the triples of consecutive frames in view (px)."""
+    offset = track - obj
+    centred = offset - offset[seen].mean(0)
+    autocorrelation = {}
+    for lag in lags:
+        pair = (episode[lag:] == episode[:-lag]) & seen[lag:] & seen[:-lag]
+        a, b = centred[lag:][pair], centred[:-lag][pair]
+        scale = np.sqrt((a ** 2).mean(0) * (b ** 2).mean(0)) if pair.any() else np.zeros(2)
+        moving = scale > 1e-12  # the axes along which the offset varies
+        autocorrelation[str(lag)] = float(((a * b).mean(0)[moving] / scale[moving]).mean()) if moving.any() else None
+    triple = (episode[2:] == episode[:-2]) & seen[2:] & seen[1:-1] & seen[:-2]
+    def acceleration(p: np.ndarray) -> Optional[float]:
+        return float(np.linalg.norm(p[2:] - 2 * p[1:-1] + p[:-2], axis=-1)[triple].mean()) if triple.any() else None
+    return {"offset_autocorrelation": autocorrelation, "keypoint_accel_px": acceleration(track),
+            "object_accel_px": acceleration(obj)}
 
 
 def by_ring(error: np.ndarray, nearest: np.ndarray, presence: np.ndarray, radius: np.ndarray,
@@ -146,15 +175,19 @@ def main() -> None:
             parser.error(f"{run} is not a finished scripts/train.py run (no metrics.json)")
     result = {str(run): offsets(run, args.rings, args.row_edges, args.edge_distances) for run in args.runs}
     print("| run | object | best keypoint | its error | mean offset | offset std | gain | nearest of any | its presence | "
-          "error (nearest of any), presence by distance from the centre | by image row | by distance from the edge |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "error (nearest of any), presence by distance from the centre | by image row | by distance from the edge | "
+          "offset's autocorrelation 1, 3, 10 frames apart | acceleration: keypoint, object |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run, objects in result.items():
         for name, f in objects.items():
             gain = ", ".join("—" if g is None else f"{g:.2f}" for g in f["gain"])
             rings, rows, edges = (splits(f["by_centre_distance"]), splits(f["by_row"]), splits(f["by_edge_distance"]))
+            lasting = ", ".join("—" if c is None else f"{c:.2f}" for c in f["offset_autocorrelation"].values())
+            accel = ", ".join("—" if a is None else f"{a:.1f}" for a in (f["keypoint_accel_px"], f["object_accel_px"]))
             print(f"| {Path(run).parent.name}/{Path(run).name} | {name} | {f['keypoint_index']} | {f['best_err_px']:.1f} px | "
                   f"({f['mean_offset_px'][0]:.1f}, {f['mean_offset_px'][1]:.1f}) px | "
-                  f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | ({gain}) | {f['nearest_any_px']:.1f} px | {f['presence']:.2f} | {rings} | {rows} | {edges} |")
+                  f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | ({gain}) | {f['nearest_any_px']:.1f} px | {f['presence']:.2f} | {rings} | {rows} | {edges} | "
+                  f"{lasting} | {accel} px |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

@@ -184,6 +184,10 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
         assert [r["from_px"] for r in edges] == [0, 4] and sum(r["share"] for r in edges) == pytest.approx(1)
         split = sum(r["share"] * r["err_px"] for r in edges if r["err_px"] is not None)
         assert split == pytest.approx(figures[name]["best_err_px"], rel=1e-6)
+    for name in ("fingertip", "target"):  # over time (the figures themselves: the test below)
+        lasting = figures[name]["offset_autocorrelation"]
+        assert set(lasting) == {"1", "3", "10"} and all(c is None or -1 <= c <= 1 for c in lasting.values())
+    assert figures["fingertip"]["keypoint_accel_px"] >= 0 and figures["target"]["object_accel_px"] == 0
     # Gain: a slope where the object moves; none for the target, still in the one held-out episode.
     assert all(isinstance(g, float) for g in figures["fingertip"]["gain"]) and figures["target"]["gain"] == [None, None]
 
@@ -323,3 +327,24 @@ def test_visibility_draws_the_scene_as_it_was_after_a_render_raises(monkeypatch)
     assert (model.light_castshadow == lights).all() and (model.mat_reflectance == reflectance).all()
     assert (model.geom_rgba == rgba).all()
     env.close()
+
+
+def test_keypoint_offsets_tells_jitter_from_an_offset_that_lasts():
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import keypoint_offsets
+    t = np.arange(12.0)
+    obj = np.stack([t, 2 * t], 1)  # moving at a constant velocity: no acceleration
+    episode, seen = np.repeat([0, 1], 6), np.ones(12, bool)
+    jitter = obj + np.where(t % 2 == 0, 1.0, -1.0)[:, None]  # the offset flips sign every frame
+    figures = keypoint_offsets.temporal(jitter, obj, seen, episode, lags=(1, 2))
+    assert figures["offset_autocorrelation"] == pytest.approx({"1": -1.0, "2": 1.0})
+    assert figures["object_accel_px"] == 0 and figures["keypoint_accel_px"] == pytest.approx(4 * np.sqrt(2))
+    # An offset that grows within each episode lasts; one that never changes has no correlation to give.
+    drift = obj + (t % 6)[:, None]
+    assert keypoint_offsets.temporal(drift, obj, seen, episode, lags=(1,))["offset_autocorrelation"]["1"] > 0.5
+    assert keypoint_offsets.temporal(obj + 3, obj, seen, episode, lags=(1,))["offset_autocorrelation"] == {"1": None}
+    # Pairs across two episodes, or with the object out of view, do not count.
+    seen[1::2] = False
+    assert keypoint_offsets.temporal(jitter, obj, seen, episode, lags=(1,))["offset_autocorrelation"] == {"1": None}
