@@ -117,8 +117,9 @@ def temporal(track: np.ndarray, obj: np.ndarray, seen: np.ndarray, episode: np.n
     """How the best keypoint's offset from the object moves over the held-out frames in order, from
     its track and the object's positions (N, 2), where the object is in view (N,) and each frame's
     episode (N,): the offset's autocorrelation at each lag (the mean over the axes along which it
-    varies; None where it never does over frames that far apart in one episode), and the mean acceleration of the keypoint and of
-    the object over the triples of consecutive frames in view (px)."""
+    varies; None where it never does over frames that far apart in one episode), and the mean
+    acceleration of the keypoint and of the object over the triples of consecutive frames in view
+    (px)."""
     offset = track - obj
     centred = offset - offset[seen].mean(0)
     autocorrelation = {}
@@ -186,8 +187,8 @@ def main() -> None:
             accel = ", ".join("—" if a is None else f"{a:.1f}" for a in (f["keypoint_accel_px"], f["object_accel_px"]))
             print(f"| {Path(run).parent.name}/{Path(run).name} | {name} | {f['keypoint_index']} | {f['best_err_px']:.1f} px | "
                   f"({f['mean_offset_px'][0]:.1f}, {f['mean_offset_px'][1]:.1f}) px | "
-                  f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | ({gain}) | {f['nearest_any_px']:.1f} px | {f['presence']:.2f} | {rings} | {rows} | {edges} | "
-                  f"{lasting} | {accel} px |")
+                  f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | ({gain}) | {f['nearest_any_px']:.1f} px | "
+                  f"{f['presence']:.2f} | {rings} | {rows} | {edges} | {lasting} | {accel} px |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
