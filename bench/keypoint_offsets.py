@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from dsae.api import load_model  # noqa: E402
 from dsae.config import Config, from_dict  # noqa: E402
 from dsae.data import Dataset, load_dataset  # noqa: E402
-from dsae.evaluate import held_out_pass, in_view  # noqa: E402
+from dsae.evaluate import accelerations, held_out_pass, in_view  # noqa: E402
 from dsae.spatial_softmax import to_pixels  # noqa: E402
 
 
@@ -129,9 +129,10 @@ def temporal(track: np.ndarray, obj: np.ndarray, seen: np.ndarray, episode: np.n
         scale = np.sqrt((a ** 2).mean(0) * (b ** 2).mean(0)) if pair.any() else np.zeros(2)
         moving = scale > 1e-12  # the axes along which the offset varies
         autocorrelation[str(lag)] = float(((a * b).mean(0)[moving] / scale[moving]).mean()) if moving.any() else None
-    triple = (episode[2:] == episode[:-2]) & seen[2:] & seen[1:-1] & seen[:-2]
     def acceleration(p: np.ndarray) -> Optional[float]:
-        return float(np.linalg.norm(p[2:] - 2 * p[1:-1] + p[:-2], axis=-1)[triple].mean()) if triple.any() else None
+        accel, within = accelerations(p, episode)
+        triple = within & seen[2:] & seen[1:-1] & seen[:-2]
+        return float(accel[triple].mean()) if triple.any() else None
     return {"offset_autocorrelation": autocorrelation, "keypoint_accel_px": acceleration(track),
             "object_accel_px": acceleration(obj)}
 

@@ -44,6 +44,14 @@ def _batches(frames: np.ndarray, rows: Optional[np.ndarray], batch: int, device:
         yield torch.from_numpy(np.ascontiguousarray(frames[rows[start:start + batch]])).to(device)
 
 
+def accelerations(track: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """|p(t+1) - 2 p(t) + p(t-1)| of a track (N, ..., 2) in frame order, at each middle frame t:
+    (N - 2, ...), and whether its three frames lie in one episode (``episode``: (N,) each
+    frame's) -> (N - 2,) bool."""
+    accel = np.linalg.norm(track[2:] - 2 * track[1:-1] + track[:-2], axis=-1)
+    return accel, episode[2:] == episode[:-2]
+
+
 def keypoint_statistics(keypoints_px: np.ndarray, presence: np.ndarray, lengths: np.ndarray,
                         moving_px: float = 1.0) -> dict[str, Any]:
     """Figures that need no labels, from the keypoints in pixels (N, K, 2) and their presence
@@ -55,11 +63,10 @@ def keypoint_statistics(keypoints_px: np.ndarray, presence: np.ndarray, lengths:
     ``moving_keypoints``: how many keypoints' positions vary by more than ``moving_px`` pixels
     (standard deviation over the frames, either axis).
     """
-    tracks = np.split(keypoints_px, np.cumsum(lengths)[:-1])
-    accel = [np.linalg.norm(t[2:] - 2 * t[1:-1] + t[:-2], axis=-1) for t in tracks if len(t) >= 3]
+    accel, within = accelerations(keypoints_px, np.repeat(np.arange(len(lengths)), lengths))
     spread = keypoints_px.std(axis=0).max(axis=-1)  # (K,)
     return {"presence_mean": presence.mean(axis=0).round(4).tolist(),
-            "jitter_px": float(np.concatenate(accel).mean()) if accel else None,
+            "jitter_px": float(accel[within].mean()) if within.any() else None,
             "moving_keypoints": int((spread > moving_px).sum())}
 
 
