@@ -62,6 +62,17 @@ def check_jobs(jobs: list[Job]) -> None:
                              f"runs {ours or 'fewer overrides'}: move it away or pass another output folder")
 
 
+def job_environment(workers: int) -> dict[str, str]:
+    """The jobs' environment: headless MuJoCo, wandb quiet and, when ``workers`` > 1 run at once
+    and ``OMP_NUM_THREADS`` is not set, each job its share of the cores (at least one thread).
+    Torch would give every job all the cores: three Pusher runs on a 2-core machine trained at 29
+    images/s each that way, against 115 with one thread each."""
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "WANDB_SILENT": "true"}
+    if workers > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    return env
+
+
 def run_jobs(jobs: list[Job], workers: int) -> dict[str, dict]:
     """Run ``jobs`` (in order, ``workers`` at a time) to their end; {job name: its metrics.json}.
     Folders of other settings are refused first (``check_jobs``); a failed job stops the others
@@ -69,7 +80,7 @@ def run_jobs(jobs: list[Job], workers: int) -> dict[str, dict]:
     check_jobs(jobs)
     results: dict[str, dict] = {}
     pending, running = list(jobs), []
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "WANDB_SILENT": "true"}
+    env = job_environment(workers)
     while pending or running:
         while pending and len(running) < workers:
             job = pending.pop(0)

@@ -5,9 +5,10 @@
 
 Runs ``scripts/train.py env=<scene> seed=<s> <OVERRIDES>`` for every scene and for ``--seeds``
 seeds from ``--first-seed`` on (0, 1, 2 by default), ``--workers`` runs at a time (1 by default: a
-run already uses both cores of a small machine; on a GPU machine with many cores, several runs
-share the GPU: give each its share of the cores (``OMP_NUM_THREADS``), and collect each scene's
-dataset first with ``scripts/collect.py`` so that no two runs collect it at once), each into
+run already uses both cores of a small machine; several at a time get their share of the cores
+each, unless ``OMP_NUM_THREADS`` says otherwise: on a GPU machine with many cores, several runs
+share the GPU; collect each scene's dataset first with ``scripts/collect.py`` so that no two runs
+collect it at once), each into
 ``<out>/<name>/<scene>-seed<s>``. A finished run (its ``metrics.json`` exists) is read, not run
 again; an interrupted one resumes from its checkpoint, so the benchmark can be split across
 sessions; runs there of other overrides, or of the same overrides on other defaults (the model's

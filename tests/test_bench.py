@@ -348,3 +348,15 @@ def test_keypoint_offsets_tells_jitter_from_an_offset_that_lasts():
     # Pairs across two episodes, or with the object out of view, do not count.
     seen[1::2] = False
     assert keypoint_offsets.temporal(jitter, obj, seen, episode, lags=(1,))["offset_autocorrelation"] == {"1": None}
+
+
+def test_jobs_run_at_once_share_the_cores_unless_told(monkeypatch):
+    sys.path.insert(0, str(REPO / "bench"))
+    import jobs
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert jobs.job_environment(3)["OMP_NUM_THREADS"] == "5" and jobs.job_environment(32)["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in jobs.job_environment(1)  # one job: torch's own choice, all the cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's setting wins
+    assert jobs.job_environment(3)["OMP_NUM_THREADS"] == "2"
