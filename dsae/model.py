@@ -137,6 +137,7 @@ class SpatialEncoder(nn.Module):
             local = _conv_blocks(cfg.channels[0], later, [1] * len(later), [1] * len(later), cfg)
             self.local = nn.Sequential(*local, nn.Conv2d(later[-1], cfg.local_count, 1))
         self.softmax_channels = cfg.num_keypoints
+        self.wide_temperature = cfg.wide_temperature  # the wide maps are divided by it (ModelConfig.wide_temperature)
         self.softmax = SpatialSoftmax(cfg.temperature, cfg.learn_temperature)
         self.centres = receptive_field_centres(cfg.kernels, cfg.strides, cfg.padding) if cfg.keypoint_frame == "image" else None
         reads_scene = cfg.scene_difference or cfg.reads_foreground
@@ -162,13 +163,16 @@ class SpatialEncoder(nn.Module):
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         """One map per keypoint: the first conv's input (B, 3 or 6, H, W; ``inputs``) -> (B, K, h, w);
-        the local keypoints' maps first, then those of the whole stack."""
+        the local keypoints' maps first, then those of the whole stack (divided by
+        ``model.wide_temperature``, so the shared softmax is that much softer on them)."""
         if self.local is None:
             return self.features(x)
         if self.local_first is not None:  # the frame to the local keypoints, the foreground to the stack
-            return torch.cat([self.local(self.local_first(x[:, :3])), self.features(x[:, 3:])], dim=1)
-        first = self.features[:_BLOCK](x)  # the first conv, its norm and ReLU
-        return torch.cat([self.local(first), self.features[_BLOCK:](first)], dim=1)
+            local, wide = self.local(self.local_first(x[:, :3])), self.features(x[:, 3:])
+        else:
+            first = self.features[:_BLOCK](x)  # the first conv, its norm and ReLU
+            local, wide = self.local(first), self.features[_BLOCK:](first)
+        return torch.cat([local, wide / self.wide_temperature], dim=1)
 
     def forward(self, images: torch.Tensor, **outputs):
         """Keypoints; with ``return_attention``/``return_presence``/... (see SpatialSoftmax) a

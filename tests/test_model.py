@@ -1,5 +1,7 @@
 """The DSAE model: shapes, image conversion, decoders, loss, configuration errors."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -306,6 +308,30 @@ def test_wide_keypoints_read_the_foreground_and_local_ones_the_frame():
         ModelConfig(scene_difference=True, wide_input="foreground")
     with pytest.raises(ConfigError, match="model.wide_input"):
         ModelConfig(wide_input="mask")
+
+
+def test_wide_temperature_softens_the_wide_keypoints_alone():
+    """model.wide_temperature: the wide keypoints' maps are divided by it before the shared
+    softmax, the local ones' left as they are, on the frame and beside the foreground alike; a
+    wide keypoint's softmax then weighs its map's other cells more, and the keypoint moves."""
+    for wide_input in ("frame", "foreground"):
+        cfg = ModelConfig(channels=[8, 8, 4], kernels=[3, 3, 3], strides=[2, 1, 1], num_keypoints=6, local_keypoints=2,
+                          norm="none", recon_size=8, wide_input=wide_input)
+        torch.manual_seed(0)
+        sharp = DeepSpatialAutoencoder(cfg, 32).eval()
+        soft = DeepSpatialAutoencoder(dataclasses.replace(cfg, wide_temperature=2.0), 32).eval()
+        soft.load_state_dict(sharp.state_dict())
+        images = torch.rand(3, 3, 32, 32)
+        x = sharp.encoder.inputs(images)
+        with torch.no_grad():
+            maps, soft_maps = sharp.encoder.feature_maps(x), soft.encoder.feature_maps(x)
+            keypoints, soft_keypoints = sharp.encoder(images), soft.encoder(images)
+        torch.testing.assert_close(soft_maps[:, :2], maps[:, :2])  # the local keypoints: untouched
+        torch.testing.assert_close(soft_maps[:, 2:], maps[:, 2:] / 2)  # the wide ones: halved
+        torch.testing.assert_close(soft_keypoints[:, :2], keypoints[:, :2])
+        assert (soft_keypoints[:, 2:] - keypoints[:, 2:]).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="model.wide_temperature"):
+        ModelConfig(wide_temperature=0)
 
 
 def test_recolour_background_changes_the_scene_of_the_first_triples_alone():
