@@ -121,7 +121,7 @@ def test_evaluate_model_equals_the_separate_passes(tiny_dataset):
     out = evaluate_model(model, ds, train, val, cpu, 40, seed=3)
     apart = probe_dataset(model.encoder, ds, train, val, cpu, 40, seed=3)
     for key in ("probe_r2", "probe_err_px", "keypoint_err_px", "keypoint_index"):
-        assert out[key] == pytest.approx(apart[key], rel=1e-4)  # float rounding differs between the passes' batches
+        assert out[key] == pytest.approx(apart[key], rel=1e-4, abs=1e-5)  # float rounding differs between the passes' batches (an R² near 0 too)
     held_out = torch.from_numpy(ds.frames[ds.frame_indices(val)])
     with torch.no_grad():
         whole = float(((model(held_out)[1] - recon_target(held_out, model.cfg)) ** 2).mean())
