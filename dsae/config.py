@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,7 @@ class ModelConfig:
     padding: str = "replicate"  # valid (paper), same (zero-padded to keep each map's size) or replicate (the same, borders repeated)
     norm: str = "batch"  # none (paper), batch or group, after each conv
     num_keypoints: int = 64  # K (paper: 16)
-    local_keypoints: Optional[int] = None  # of the K, how many read only the first conv's features (through 1x1 convs): each answers to what one patch of the first kernel's size holds, not to the shape around it; None: half of K (32 of 64); 0: none
+    local_keypoints: Optional[int] = None  # of the K, how many read only a first conv's features (through 1x1 convs; their own first conv with model.wide_input=foreground): each answers to what one patch of the first kernel's size holds, not to the shape around it; None: half of K (32 of 64); 0: none
     project: Optional[bool] = None  # a 1x1 conv from channels[-1] to K; None: only when they differ
     keypoint_frame: str = "image"  # image: a keypoint sits on the pixel its feature-map cell looks at (its receptive field's centre); grid: the feature grid stretched over the whole image (the paper's, and every checkpoint saved before this option)
     temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
@@ -84,8 +85,8 @@ class ModelConfig:
     equivariance_weight: float = 0.01  # 0 = off (paper); weight of ||keypoints(turned frame) - turned keypoints||^2 (Thewlis et al. 2017): the middle frame of one triple in four turned about the image centre; only keypoints that have found something count
     equivariance_angle: float = 180.0  # the turn is uniform within +-this many degrees
     scene_difference: bool = False  # the encoder also reads each frame less the scene's median frame (6 input channels), so what differs from the static scene stands out even where it is faint against it (a grey arm on a grey table)
-    wide_input: str = "foreground"  # what the wide keypoints' stack reads beside local keypoints: foreground, how far each pixel is from the scene's median frame (per channel, min(|frame - median| / 0.1, 1): a grey gripper looks the same over a light table as over a black floor, and what never moves is left to the local keypoints, which then read the frame through a first conv of their own), or frame (the frame itself, as every keypoint reads it before 2026-12-05); without local keypoints every keypoint reads the frame
-    wide_temperature: float = 2.0  # the wide keypoints' softmax temperature as a multiple of the local ones' (model.temperature, learned): their maps are divided by it before the shared softmax, so at 2 (1 before 2026-12-05) a wide keypoint weighs in the cells about its map's peak too and holds a thin-lined object (a gripper) rather than hopping from cell to cell; without local keypoints it does nothing
+    wide_input: str = "foreground"  # what the wide keypoints' stack reads beside local keypoints: foreground, how far each pixel is from the scene's median frame (per channel, min(|frame - median| / 0.1, 1): a grey gripper looks the same over a light table as over a black floor, and what never moves is left to the local keypoints, which then read the frame through a first conv of their own), or frame (the frame itself, as every keypoint read it before 2026-12-05); without local keypoints every keypoint reads the frame
+    wide_temperature: float = 2.0  # the wide keypoints' softmax temperature as a multiple of the local ones' (model.temperature): their maps are divided by it before the shared softmax, so at 2 (1 before 2026-12-05) a wide keypoint weighs in the cells about its map's peak too, which brought Pusher's gripper from 3.8 to 3.1 px beside the foreground; without local keypoints it does nothing
     background_jitter: float = 0.0  # in training, this share of the triples show the encoder a recoloured scene: pixels like the scene's median frame become that frame times a random gain plus a random tint (one draw per triple), so a keypoint learns an object apart from what lies behind it (the reconstruction target is the frame as it was)
     concentration_weight: float = 0.03  # 0 = off; weight of the mean variance of each local keypoint's softmax over its map (every keypoint's when none is local; Zhang et al. 2018's concentration term), the temperature held fixed: a small object's map answers in one place, not over several
     concentration_until: float = 0.3  # the share of the steps during which concentration_weight counts (1: all of them); 0.3, the local warmup's: maps held in one place while the local keypoints take the small objects, then free to spread over a tip of a pixel or two
@@ -131,8 +132,8 @@ class ModelConfig:
         if self.scene_difference and self.reads_foreground:
             raise ConfigError("model.scene_difference and model.wide_input=foreground both change what the encoder reads: "
                               "set model.wide_input=frame with model.scene_difference=true")
-        if not self.wide_temperature > 0:
-            raise ConfigError(f"model.wide_temperature must be > 0 (1: the local keypoints' temperature), got {self.wide_temperature}")
+        if not 0 < self.wide_temperature < math.inf:
+            raise ConfigError(f"model.wide_temperature must be a finite number > 0 (1: the local keypoints' temperature), got {self.wide_temperature}")
         if not 0 <= self.background_jitter <= 1:
             raise ConfigError(f"model.background_jitter must be in [0, 1] (a share of the triples), got {self.background_jitter}")
         if self.concentration_weight < 0:

@@ -132,7 +132,9 @@ def nearest_keypoint_errors(keypoints: np.ndarray, filtered: np.ndarray, pixels:
 def temperature_panel(model, frame: np.ndarray, temperatures: list[float], device: torch.device,
                       cell: int = 48) -> np.ndarray:
     """One frame (left) and its per-keypoint attention maps at each softmax temperature
-    (rows, in the given order; columns: keypoints), each map scaled to [0, 1]."""
+    (rows, in the given order; columns: keypoints), each map scaled to [0, 1]. The wide
+    keypoints' maps come divided by ``model.wide_temperature``, so theirs are at that multiple
+    of each row's temperature, as in the model."""
     features = model.encoder.feature_maps(model.encoder.inputs(to_float_images(torch.from_numpy(frame[None]).to(device))))
     k = features.shape[1]
     rows = [heatmap_grid(spatial_soft_argmax_full(features, t, return_attention=True).attention[0], k, cell)

@@ -74,6 +74,22 @@ def test_a_checkpoint_from_before_keypoint_frame_keeps_its_keypoints(tmp_path):
     assert dsae.load_encoder(tmp_path / "old.pt", device="cpu").encoder.centres is None  # the grid frame
 
 
+def test_a_checkpoint_from_before_wide_temperature_keeps_its_keypoints(tmp_path):
+    """Saved without model.wide_temperature (before 2026-12-05), a model's wide keypoints had the
+    local ones' temperature: it loads so, not at today's default of 2."""
+    cfg = tiny_config(tmp_path)
+    cfg.model.wide_input, cfg.model.wide_temperature = "foreground", 1.0
+    model = dsae.DeepSpatialAutoencoder(cfg.model, 32).eval()
+    model.set_background(torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8))
+    old = to_dict(cfg)
+    del old["model"]["wide_temperature"]
+    save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "config": old, "image_size": 32, "step": 0})
+    images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    loaded = dsae.load_encoder(tmp_path / "old.pt", device="cpu")
+    assert loaded.encoder.wide_temperature == 1.0 != dsae.ModelConfig().wide_temperature
+    torch.testing.assert_close(loaded(images), model.encoder(images))
+
+
 def test_a_checkpoint_from_before_decoder_sigma_end_keeps_its_windows(tmp_path):
     """Saved without model.decoder_sigma_end, a model's windows never narrowed: it loads drawing
     with decoder_sigma, not with today's default end."""

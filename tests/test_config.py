@@ -35,6 +35,7 @@ def test_groups_compose(overrides):
         assert (m.decoder, m.num_keypoints, m.keypoint_frame, m.padding) == ("transport", 64, "image", "replicate")
         assert m.channels == [64, 32, 16] and m.kernels == [3, 3, 3] and cfg.env.image_size == 64
         assert (m.local_keypoints, m.local_count, m.local_warmup) == (None, 32, 0.3)
+        assert (m.wide_input, m.wide_temperature) == ("foreground", 2.0)  # since 2026-12-05: docs section 25
 
 
 def test_the_fine_model_sees_what_the_default_sees_on_a_grid_twice_as_fine():

@@ -153,10 +153,11 @@ def test_loss_decreases(decoder):
     # One black-and-white pattern, far from the decoder's flat mid-grey start.
     triples = (torch.rand(1, 1, 3, 3, 1) > 0.5).to(torch.uint8).mul(255).expand(4, 3, -1, -1, -1)
     triples = triples.repeat_interleave(8, 2).repeat_interleave(8, 3).expand(-1, -1, -1, -1, 3).contiguous()
+    model.set_background(torch.zeros(1, 24, 24, 3, dtype=torch.uint8))  # a black scene: the white squares are foreground
     losses, parts = _train(model, triples, 30)
     assert losses[-1] < 0.5 * losses[0]
-    reads_the_frame = (model.encoder.local_first or model.encoder.features)[0]  # the stack reads a flat foreground here
-    assert reads_the_frame.weight.grad.abs().sum() > 0, "the encoder gets gradients too"
+    for first_conv in (model.encoder.local_first[0], model.encoder.features[0]):  # the local keypoints', the stack's
+        assert first_conv.weight.grad.abs().sum() > 0, "the encoder gets gradients too"
     assert set(parts) == {"loss", "recon_mse", "slow", "equivariance", "concentration"}  # the default terms
 
 
@@ -197,7 +198,7 @@ def test_local_keypoints_answer_only_to_their_first_layer_patch():
     """model.local_keypoints: the first K_local maps change only at the cells whose 3x3 first-layer
     patch holds a changed pixel; the whole stack's maps change over its wider receptive field."""
     cfg = ModelConfig(channels=[8, 8, 4], kernels=[3, 3, 3], strides=[2, 1, 1], num_keypoints=6, local_keypoints=2,
-                      norm="none", wide_input="frame")  # both read the frame, one through its first conv
+                      norm="none", wide_input="frame")  # both read the frame through the shared first conv
     torch.manual_seed(0)
     encoder = SpatialEncoder(cfg).eval()
     image = torch.rand(1, 3, 32, 32)
@@ -331,8 +332,17 @@ def test_wide_temperature_softens_the_wide_keypoints_alone():
         torch.testing.assert_close(soft_maps[:, 2:], maps[:, 2:] / 2)  # the wide ones: halved
         torch.testing.assert_close(soft_keypoints[:, :2], keypoints[:, :2])
         assert (soft_keypoints[:, 2:] - keypoints[:, 2:]).abs().max() > 1e-3
-    with pytest.raises(ConfigError, match="model.wide_temperature"):
-        ModelConfig(wide_temperature=0)
+    none_local = ModelConfig(channels=[8, 4], kernels=[3, 3], strides=[2, 1], num_keypoints=4, local_keypoints=0,
+                             recon_size=8, wide_temperature=1.0)
+    torch.manual_seed(0)
+    plain = DeepSpatialAutoencoder(none_local, 32).eval()
+    soft = DeepSpatialAutoencoder(dataclasses.replace(none_local, wide_temperature=2.0), 32).eval()
+    soft.load_state_dict(plain.state_dict())
+    images = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(soft.encoder(images), plain.encoder(images))  # without local keypoints: nothing to soften
+    for bad in (0, -1, float("inf")):
+        with pytest.raises(ConfigError, match="model.wide_temperature"):
+            ModelConfig(wide_temperature=bad)
 
 
 def test_recolour_background_changes_the_scene_of_the_first_triples_alone():
