@@ -312,17 +312,23 @@ def test_wide_keypoints_read_the_foreground_and_local_ones_the_frame():
         ModelConfig(wide_input="mask")
 
 
+def _at_wide_temperatures_1_and_2(cfg: ModelConfig) -> tuple[DeepSpatialAutoencoder, DeepSpatialAutoencoder]:
+    """Two models of ``cfg`` with the same weights, at model.wide_temperature 1 and 2."""
+    torch.manual_seed(0)
+    sharp = DeepSpatialAutoencoder(dataclasses.replace(cfg, wide_temperature=1.0), 32).eval()
+    soft = DeepSpatialAutoencoder(dataclasses.replace(cfg, wide_temperature=2.0), 32).eval()
+    soft.load_state_dict(sharp.state_dict())
+    return sharp, soft
+
+
 def test_wide_temperature_softens_the_wide_keypoints_alone():
     """model.wide_temperature: the wide keypoints' maps are divided by it before the shared
     softmax, the local ones' left as they are, on the frame and beside the foreground alike; a
     wide keypoint's softmax then weighs its map's other cells more, and the keypoint moves."""
     for wide_input in ("frame", "foreground"):
-        cfg = ModelConfig(channels=[8, 8, 4], kernels=[3, 3, 3], strides=[2, 1, 1], num_keypoints=6, local_keypoints=2,
-                          norm="none", recon_size=8, wide_input=wide_input, wide_temperature=1.0)
-        torch.manual_seed(0)
-        sharp = DeepSpatialAutoencoder(cfg, 32).eval()
-        soft = DeepSpatialAutoencoder(dataclasses.replace(cfg, wide_temperature=2.0), 32).eval()
-        soft.load_state_dict(sharp.state_dict())
+        sharp, soft = _at_wide_temperatures_1_and_2(ModelConfig(
+            channels=[8, 8, 4], kernels=[3, 3, 3], strides=[2, 1, 1], num_keypoints=6, local_keypoints=2,
+            norm="none", recon_size=8, wide_input=wide_input))
         images = torch.rand(3, 3, 32, 32)
         x = sharp.encoder.inputs(images)
         with torch.no_grad():
@@ -332,12 +338,8 @@ def test_wide_temperature_softens_the_wide_keypoints_alone():
         torch.testing.assert_close(soft_maps[:, 2:], maps[:, 2:] / 2)  # the wide ones: halved
         torch.testing.assert_close(soft_keypoints[:, :2], keypoints[:, :2])
         assert (soft_keypoints[:, 2:] - keypoints[:, 2:]).abs().max() > 1e-3
-    none_local = ModelConfig(channels=[8, 4], kernels=[3, 3], strides=[2, 1], num_keypoints=4, local_keypoints=0,
-                             recon_size=8, wide_temperature=1.0)
-    torch.manual_seed(0)
-    plain = DeepSpatialAutoencoder(none_local, 32).eval()
-    soft = DeepSpatialAutoencoder(dataclasses.replace(none_local, wide_temperature=2.0), 32).eval()
-    soft.load_state_dict(plain.state_dict())
+    plain, soft = _at_wide_temperatures_1_and_2(ModelConfig(
+        channels=[8, 4], kernels=[3, 3], strides=[2, 1], num_keypoints=4, local_keypoints=0, recon_size=8))
     images = torch.rand(3, 3, 32, 32)
     torch.testing.assert_close(soft.encoder(images), plain.encoder(images))  # without local keypoints: nothing to soften
     for bad in (0, -1, float("inf")):
