@@ -22,7 +22,11 @@ object but hand it from one to another. Each split also gives the best keypoint'
 the held-out episodes: the offset's autocorrelation one, three and ten frames apart (near 1: an
 offset that lasts, a point beside the object that the keypoint follows; near 0 one frame apart:
 jitter) and the mean acceleration |p(t+1) - 2 p(t) + p(t-1)| of the keypoint and of the object
-(px). Prints a Markdown table; ``--out`` also writes the figures as JSON.
+(px). Shifted: how far the best keypoint strays from where it should be when what the encoder
+reads moves 1, 2 or 3 px to the right (borders repeated), on every fourth in-view frame at least
+6 px from the edges: a keypoint whose maps follow the frame moves as far; one whose stride-2 conv
+aliases stays put or jumps 2 px at odd shifts. Prints a Markdown table; ``--out`` also writes the
+figures as JSON.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from dsae.api import load_model  # noqa: E402
 from dsae.config import Config, from_dict  # noqa: E402
 from dsae.data import Dataset, load_dataset  # noqa: E402
 from dsae.evaluate import accelerations, held_out_pass, in_view  # noqa: E402
+from dsae.model import to_float_images  # noqa: E402
 from dsae.spatial_softmax import to_pixels  # noqa: E402
 
 
@@ -101,7 +106,9 @@ def offsets(run: Path, rings: list[float], row_edges: list[float], edge_distance
         spread = ((obj - obj.mean(0)) ** 2).sum(0)
         gain = [float(((kp_seen[:, index, a] - kp_seen[:, index, a].mean()) * (obj[:, a] - obj[:, a].mean())).sum() / spread[a])
                 if spread[a] > 1e-9 else None for a in (0, 1)]
-        out[name] = {"keypoint_index": index, "best_err_px": float(error.mean()),
+        inside = rows[seen][np.minimum(obj, size - 1 - obj).min(1) >= 6][::4]  # every fourth in-view frame 6 px from the edges
+        shift = shifted(opened, inside, index) if len(inside) else None
+        out[name] = {"keypoint_index": index, "best_err_px": float(error.mean()), "shift_deviation_px": shift,
                      "mean_offset_px": offset.mean(0).tolist(), "offset_std_px": offset.std(0).tolist(),
                      "gain": gain, "nearest_any_px": float(nearest.mean()), "presence": float(presence.mean()),
                      **over_time,
@@ -110,6 +117,23 @@ def offsets(run: Path, rings: list[float], row_edges: list[float], edge_distance
                      "by_edge_distance": by_ring(error, nearest, presence, np.minimum(obj, size - 1 - obj).min(1).clip(min=0),
                                                  edge_distances)}
     return out
+
+
+@torch.no_grad()
+def shifted(opened: HeldOut, rows: np.ndarray, index: int, shifts: tuple[int, ...] = (1, 2, 3)) -> dict[str, float]:
+    """{shift: the mean distance (px) between keypoint ``index`` of the frames at ``rows`` with what
+    the encoder reads (its ``inputs``) moved ``shift`` px to the right, borders repeated, and where it
+    should then be: its unshifted position plus the shift}."""
+    encoder, size = opened.model.encoder.eval(), opened.dataset.image_size
+    x = encoder.inputs(to_float_images(torch.from_numpy(np.asarray(opened.dataset.frames[rows]))))
+    def place(inputs: torch.Tensor) -> np.ndarray:
+        return to_pixels(encoder.locate(encoder.feature_maps(inputs), inputs.shape[-2:]), size, size)[:, index].numpy()
+    base = place(x)
+    deviation = {}
+    for s in shifts:
+        moved = torch.cat([x[..., :1].expand(*x.shape[:-1], s), x[..., :-s]], dim=-1)
+        deviation[str(s)] = float(np.linalg.norm(place(moved) - base - [s, 0], axis=1).mean())
+    return deviation
 
 
 def temporal(track: np.ndarray, obj: np.ndarray, seen: np.ndarray, episode: np.ndarray,
@@ -178,8 +202,8 @@ def main() -> None:
     result = {str(run): offsets(run, args.rings, args.row_edges, args.edge_distances) for run in args.runs}
     print("| run | object | best keypoint | its error | mean offset | offset std | gain | nearest of any | its presence | "
           "error (nearest of any), presence by distance from the centre | by image row | by distance from the edge | "
-          "offset's autocorrelation 1, 3, 10 frames apart | acceleration: keypoint, object |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "offset's autocorrelation 1, 3, 10 frames apart | acceleration: keypoint, object | strays when shifted 1, 2, 3 px |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run, objects in result.items():
         for name, f in objects.items():
             gain = ", ".join("—" if g is None else f"{g:.2f}" for g in f["gain"])
@@ -189,7 +213,8 @@ def main() -> None:
             print(f"| {Path(run).parent.name}/{Path(run).name} | {name} | {f['keypoint_index']} | {f['best_err_px']:.1f} px | "
                   f"({f['mean_offset_px'][0]:.1f}, {f['mean_offset_px'][1]:.1f}) px | "
                   f"({f['offset_std_px'][0]:.1f}, {f['offset_std_px'][1]:.1f}) px | ({gain}) | {f['nearest_any_px']:.1f} px | "
-                  f"{f['presence']:.2f} | {rings} | {rows} | {edges} | {lasting} | {accel} px |")
+                  f"{f['presence']:.2f} | {rings} | {rows} | {edges} | {lasting} | {accel} px | "
+                  + ("—" if f["shift_deviation_px"] is None else ", ".join(f"{d:.2f}" for d in f["shift_deviation_px"].values()) + " px") + " |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
