@@ -360,3 +360,33 @@ def test_jobs_run_at_once_share_the_cores_unless_told(monkeypatch):
     assert "OMP_NUM_THREADS" not in jobs.job_environment(1)  # one job: torch's own choice, all the cores
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's setting wins
     assert jobs.job_environment(3)["OMP_NUM_THREADS"] == "2"
+
+
+def test_keypoint_offsets_tells_a_keypoint_that_follows_a_shift_from_one_held_on_the_cells():
+    """``shifted``: a keypoint on a 1 px grid follows the input 1, 2 and 3 px over; one whose conv
+    samples every other pixel (stride 2) keeps to its 2 px cells: 1 px off at odd shifts, on at even ones."""
+    import types
+
+    import numpy as np
+    import torch
+
+    from dsae.config import ModelConfig
+    from dsae.model import SpatialEncoder
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import keypoint_offsets
+    frames = np.zeros((4, 32, 32, 3), np.uint8)
+    for i, col in enumerate((9, 12, 15, 18)):
+        frames[i, 14, col:col + 2] = 255  # a dot two pixels wide, from even and odd columns
+    strays = {}
+    for stride in (1, 2):
+        cfg = ModelConfig(channels=[1], kernels=[1], strides=[stride], num_keypoints=1, local_keypoints=0, norm="none",
+                          temperature=0.002, learn_temperature=False, wide_input="frame")
+        encoder = SpatialEncoder(cfg, 32)
+        with torch.no_grad():  # the map is the brightness (a 1x1 conv of weight 1 on every channel)
+            encoder.features[0].weight.fill_(1.0), encoder.features[0].bias.zero_()
+        opened = types.SimpleNamespace(model=types.SimpleNamespace(encoder=encoder),
+                                       dataset=types.SimpleNamespace(frames=frames, image_size=32))
+        strays[stride] = keypoint_offsets.shifted(opened, np.arange(4), 0)
+    assert strays[1] == pytest.approx({"1": 0.0, "2": 0.0, "3": 0.0}, abs=1e-3)
+    assert strays[2] == pytest.approx({"1": 1.0, "2": 0.0, "3": 1.0}, abs=1e-3)
