@@ -24,8 +24,9 @@ offset that lasts, a point beside the object that the keypoint follows; near 0 o
 jitter) and the mean acceleration |p(t+1) - 2 p(t) + p(t-1)| of the keypoint and of the object
 (px). Shifted: how far the best keypoint strays from where it should be when what the encoder
 reads moves 1, 2 or 3 px to the right (borders repeated), on every fourth in-view frame at least
-6 px from the edges: a keypoint whose maps follow the frame moves as far; one whose stride-2 conv
-aliases stays put or jumps 2 px at odd shifts. Prints a Markdown table; ``--out`` also writes the
+6 px from the edges: a keypoint that follows its object between the cells of its feature map moves
+as far; one held on 2 px cells (a stride-2 map whose softmax answers in one cell) stays put or
+jumps 2 px at odd shifts. Prints a Markdown table; ``--out`` also writes the
 figures as JSON.
 """
 
