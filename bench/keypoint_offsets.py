@@ -107,7 +107,8 @@ def offsets(run: Path, rings: list[float], row_edges: list[float], edge_distance
         spread = ((obj - obj.mean(0)) ** 2).sum(0)
         gain = [float(((kp_seen[:, index, a] - kp_seen[:, index, a].mean()) * (obj[:, a] - obj[:, a].mean())).sum() / spread[a])
                 if spread[a] > 1e-9 else None for a in (0, 1)]
-        inside = rows[seen][np.minimum(obj, size - 1 - obj).min(1) >= 6][::4]  # every fourth in-view frame 6 px from the edges
+        edge_distance = np.minimum(obj, size - 1 - obj).min(1).clip(min=0)  # (n,): from the image's nearest edge
+        inside = rows[seen][edge_distance >= 6][::4]  # every fourth in-view frame 6 px from the edges
         shift = shifted(opened, inside, index) if len(inside) else None
         out[name] = {"keypoint_index": index, "best_err_px": float(error.mean()), "shift_deviation_px": shift,
                      "mean_offset_px": offset.mean(0).tolist(), "offset_std_px": offset.std(0).tolist(),
@@ -115,8 +116,7 @@ def offsets(run: Path, rings: list[float], row_edges: list[float], edge_distance
                      **over_time,
                      "by_centre_distance": by_ring(error, nearest, presence, np.linalg.norm(obj - (size - 1) / 2, axis=1), rings),
                      "by_row": by_ring(error, nearest, presence, obj[:, 1], row_edges),
-                     "by_edge_distance": by_ring(error, nearest, presence, np.minimum(obj, size - 1 - obj).min(1).clip(min=0),
-                                                 edge_distances)}
+                     "by_edge_distance": by_ring(error, nearest, presence, edge_distance, edge_distances)}
     return out
 
 
