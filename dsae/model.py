@@ -340,10 +340,11 @@ def recolour_background(frames: torch.Tensor, median: torch.Tensor, triples: int
 
 
 def equivariance_error(turned: torch.Tensor, keypoints: torch.Tensor, rotation: torch.Tensor,
-                       counted: torch.Tensor) -> torch.Tensor:
+                       counted: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean squared distance between the keypoints of turned frames (B, K, 2) and the frames'
     keypoints (B, K, 2) turned with them by ``rotation`` (B, 2, 2) (see ``rotate_frames``), over
-    the keypoints that ``counted`` (B, K) marks and that stay inside the turned frame -> scalar.
+    the keypoints that ``counted`` (B, K) marks and that stay inside the turned frame, each
+    keypoint's distance times its ``weight`` (K,) when given -> scalar.
 
     A keypoint that turns with the frame answers to the same thing at every orientation of it,
     which a conv filter does not by itself.
@@ -351,6 +352,8 @@ def equivariance_error(turned: torch.Tensor, keypoints: torch.Tensor, rotation: 
     expected = torch.bmm(keypoints.float(), rotation)
     counted = counted.float() * (expected.abs() <= 1).all(-1).float()  # (B, K)
     error = (turned.float() - expected).pow(2).sum(-1)
+    if weight is not None:
+        error = error * weight
     return (error * counted).sum() / counted.sum().clamp(min=1)
 
 
@@ -485,4 +488,8 @@ class DeepSpatialAutoencoder(nn.Module):
         # they sit) must turn with it; a diffuse one stays free to wait for an object to appear.
         with torch.no_grad():
             found = self.encoder.softmax(features[middle], return_presence=True).presence > 0.5
-        return keypoints, equivariance_error(turned_keypoints, keypoints[middle], rotation, found), features[:len(x)]
+        weight = None
+        if self.cfg.local_count and self.cfg.wide_equivariance != 1:
+            weight = torch.ones(keypoints.shape[1], device=x.device)
+            weight[self.cfg.local_count:] = self.cfg.wide_equivariance
+        return keypoints, equivariance_error(turned_keypoints, keypoints[middle], rotation, found, weight), features[:len(x)]

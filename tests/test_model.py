@@ -500,6 +500,37 @@ def test_equivariance_error_is_zero_for_keypoints_that_turn_with_the_frame_and_n
     assert float(equivariance_error(fixed, fixed, rotation, ~everyone)) == 0.0
 
 
+def test_equivariance_error_weighs_each_keypoint_by_its_weight():
+    """model.wide_equivariance: each keypoint's squared distance times its weight, over the same count."""
+    fixed = torch.tensor([[[0.5, -0.25], [0.1, 0.3]]]).expand(3, 2, 2)
+    _, rotation = rotate_frames(torch.zeros(3, 1, 8, 8), torch.tensor([0.5, -2.0, 3.0]))
+    everyone = torch.ones(3, 2, dtype=torch.bool)
+    first, second = (float(equivariance_error(fixed[:, [k]], fixed[:, [k]], rotation, everyone[:, [k]])) for k in (0, 1))
+    weighted = equivariance_error(fixed, fixed, rotation, everyone, torch.tensor([1.0, 10.0]))
+    assert float(weighted) == pytest.approx((first + 10 * second) / 2, rel=1e-5)
+
+
+def test_wide_equivariance_weighs_the_wide_keypoints_alone():
+    """With model.wide_equivariance=0 only the local keypoints pay for not turning with the frame."""
+    cfg = ModelConfig(channels=[8, 4], kernels=[3, 3], strides=[1, 1], num_keypoints=8, local_keypoints=4,
+                      recon_size=4, temperature=0.05, learn_temperature=False, equivariance_weight=1.0)
+    triples = torch.randint(0, 256, (8, 3, 16, 16, 3), dtype=torch.uint8)
+    terms = {}
+    for wide in (0.0, 1.0):
+        torch.manual_seed(0)  # the same weights and turns
+        model = DeepSpatialAutoencoder(dataclasses.replace(cfg, wide_equivariance=wide), 16)
+        model.set_background(triples.flatten(0, 1))
+        total, parts = model.loss(triples)
+        total.backward()
+        terms[wide] = (float(parts["equivariance"]), model.encoder.features[0].weight.grad,
+                       model.encoder.local_first[0].weight.grad)
+    assert 0 < terms[0.0][0] < terms[1.0][0]
+    assert not torch.allclose(terms[0.0][1], terms[1.0][1])  # the wide stack's gradient changes with its weight
+    assert torch.allclose(terms[0.0][2], terms[1.0][2])  # the local keypoints' does not
+    with pytest.raises(ConfigError, match="model.wide_equivariance"):
+        ModelConfig(wide_equivariance=-1.0)
+
+
 def _equivariance_model(temperature: float) -> DeepSpatialAutoencoder:
     cfg = ModelConfig(channels=[4], kernels=[3], strides=[1], num_keypoints=4, local_keypoints=0, recon_size=4,
                       padding="same", temperature=temperature, learn_temperature=False, equivariance_weight=1.0)
