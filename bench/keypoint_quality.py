@@ -73,12 +73,15 @@ def differences(theirs: dict, ours: dict) -> list[str]:
 def check_settings(path: Path, earlier: dict, overrides: list[str], jobs: list[Job], settings: dict) -> None:
     """Refuse a summary of these overrides, or a run folder, made on other settings than today's:
     the defaults changed since, so the same overrides no longer mean the same model."""
-    if earlier.get("scenes") and earlier.get("overrides") == overrides and earlier.get("settings") != settings:
-        if "settings" not in earlier:
+    recorded = earlier.get("settings")
+    if recorded is not None:  # the model settings added since it was written, as its runs ran
+        recorded = {**recorded, "model": model_settings_as_trained(recorded["model"])}
+    if earlier.get("scenes") and earlier.get("overrides") == overrides and recorded != settings:
+        if recorded is None:
             raise SystemExit(f"{path} was written before summaries recorded their settings, so whether its scenes "
                              "ran on today's defaults is unknown: pass another --name or move it away")
         raise SystemExit(f"{path} holds scenes of these overrides on other settings "
-                         f"({', '.join(differences(earlier['settings'], settings))}): pass another --name or move it away")
+                         f"({', '.join(differences(recorded, settings))}): pass another --name or move it away")
     for job in jobs:
         config = job.run_dir / RUN_CONFIG
         if config.exists() and (which := differences(computed(json.loads(config.read_text())), settings)):

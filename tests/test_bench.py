@@ -152,6 +152,12 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
     refused("holds scenes of these overrides on other settings (model.num_keypoints)")
     (tmp_path / "kq" / "tiny.json").write_text(json.dumps({k: v for k, v in json.loads(recorded).items() if k != "settings"}))
     refused("was written before summaries recorded their settings")
+    # A summary written before a model setting was added reads as its runs ran (MODEL_SETTINGS_SAVED_BEFORE).
+    before = json.loads(recorded)
+    del before["settings"]["model"]["wide_equivariance"]
+    (tmp_path / "kq" / "tiny.json").write_text(json.dumps(before))
+    run("keypoint_quality.py", *args)
+    assert json.loads((tmp_path / "kq" / "tiny.json").read_text())["settings"] == json.loads(recorded)["settings"]
     (tmp_path / "kq" / "tiny.json").write_text(recorded)
     config = tmp_path / "kq" / "tiny" / "reacher-seed1" / "config.json"
     made = config.read_text()
