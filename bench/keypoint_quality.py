@@ -73,9 +73,8 @@ def differences(theirs: dict, ours: dict) -> list[str]:
 def check_settings(path: Path, earlier: dict, overrides: list[str], jobs: list[Job], settings: dict) -> None:
     """Refuse a summary of these overrides, or a run folder, made on other settings than today's:
     the defaults changed since, so the same overrides no longer mean the same model."""
-    recorded = earlier.get("settings")
-    if recorded is not None:  # the model settings added since it was written, as its runs ran
-        recorded = {**recorded, "model": model_settings_as_trained(recorded["model"])}
+    # A summary's settings are a ``computed`` dict; again through it, the model settings added since read as its runs ran.
+    recorded = computed(earlier["settings"]) if "settings" in earlier else None
     if earlier.get("scenes") and earlier.get("overrides") == overrides and recorded != settings:
         if recorded is None:
             raise SystemExit(f"{path} was written before summaries recorded their settings, so whether its scenes "
