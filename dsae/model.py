@@ -25,7 +25,6 @@ from dsae.spatial_softmax import SpatialSoftmax, spatial_soft_argmax_full
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 BACKGROUND_TOLERANCE = 0.04  # model.background_jitter: a pixel within this of the scene's median frame in every channel is scene
-EQUIVARIANCE_SHARE = 4  # model.equivariance_weight turns the middle frame of one triple in this many (1/12 more images through the encoder)
 
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:
@@ -472,13 +471,13 @@ class DeepSpatialAutoencoder(nn.Module):
 
     def _encode_with_turns(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Keypoints (3B, K, 2) of the frames of B triples, float (3B, 3, H, W), the
-        equivariance error of the middle frames of the first B // EQUIVARIANCE_SHARE triples,
+        equivariance error of the middle frames of the first B // model.equivariance_share triples,
         each turned by a random angle: all from one encoder batch, so that batch norm sees one
         set of statistics in training. The first conv's inputs are turned, the frames less the
         scene's median frame with them, so that a turned frame is still compared with its own scene.
         Also the unturned frames' feature maps (3B, K, h, w)."""
         x = self.encoder.inputs(x)
-        turns = max(1, len(x) // 3 // EQUIVARIANCE_SHARE)
+        turns = max(1, len(x) // 3 // self.cfg.equivariance_share)
         angles = (torch.rand(turns, device=x.device) * 2 - 1) * math.radians(self.cfg.equivariance_angle)
         middle = slice(1, 3 * turns, 3)  # the middle frames of the first `turns` triples
         turned, rotation = rotate_frames(x[middle], angles)
