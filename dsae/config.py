@@ -84,7 +84,7 @@ class ModelConfig:
     separation_sigma: float = 0.1  # separation penalty's reach, normalised units
     equivariance_weight: float = 0.01  # 0 = off (paper); weight of ||keypoints(turned frame) - turned keypoints||^2 (Thewlis et al. 2017): the middle frames of the triples that equivariance_share picks turned about the image centre; only keypoints that have found something count
     wide_equivariance: float = 1.0  # the wide keypoints' share of the equivariance term as a multiple of the local ones' (model.equivariance_weight): at 10 a wide keypoint pays ten times as much for not turning with the frame while the local ones pay what they would alone; without local keypoints it does nothing
-    equivariance_share: int = 4  # the equivariance term turns the middle frame of one triple in this many (4: 1/12 more images through the encoder; 1: every triple's)
+    equivariance_share: float = 4.0  # the equivariance term turns the middle frame of one triple in this many (4: 1/12 more images through the encoder; 1: every triple's; 1/3: every frame)
     equivariance_angle: float = 180.0  # the turn is uniform within +-this many degrees
     scene_difference: bool = False  # the encoder also reads each frame less the scene's median frame (6 input channels), so what differs from the static scene stands out even where it is faint against it (a grey arm on a grey table)
     wide_input: str = "foreground"  # what the wide keypoints' stack reads beside local keypoints: foreground, how far each pixel is from the scene's median frame (per channel, min(|frame - median| / 0.1, 1): a grey gripper looks the same over a light table as over a black floor, and what never moves is left to the local keypoints, which then read the frame through a first conv of their own), or frame (the frame itself, as every keypoint read it before 2026-12-05); without local keypoints every keypoint reads the frame
@@ -138,8 +138,8 @@ class ModelConfig:
             raise ConfigError(f"model.wide_temperature must be a finite number > 0 (1: the local keypoints' temperature), got {self.wide_temperature}")
         if not 0 <= self.wide_equivariance < math.inf:
             raise ConfigError(f"model.wide_equivariance must be a finite number >= 0 (1: the local keypoints' weight), got {self.wide_equivariance}")
-        if self.equivariance_share < 1:
-            raise ConfigError(f"model.equivariance_share must be >= 1 (one triple in this many), got {self.equivariance_share}")
+        if not 1 / 3 - 1e-6 <= self.equivariance_share < math.inf:
+            raise ConfigError(f"model.equivariance_share must be a finite number >= 1/3 (one triple in this many; 1/3: every frame), got {self.equivariance_share}")
         if not 0 <= self.background_jitter <= 1:
             raise ConfigError(f"model.background_jitter must be in [0, 1] (a share of the triples), got {self.background_jitter}")
         if self.concentration_weight < 0:

@@ -471,15 +471,17 @@ class DeepSpatialAutoencoder(nn.Module):
 
     def _encode_with_turns(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Keypoints (3B, K, 2) of the frames of B triples, float (3B, 3, H, W), the
-        equivariance error of the middle frames of the first B // model.equivariance_share triples,
-        each turned by a random angle: all from one encoder batch, so that batch norm sees one
+        equivariance error of B / model.equivariance_share of the frames (the middle frames of the
+        first triples; past B, the first and then the last frames too), each turned by a random
+        angle: all from one encoder batch, so that batch norm sees one
         set of statistics in training. The first conv's inputs are turned, the frames less the
         scene's median frame with them, so that a turned frame is still compared with its own scene.
         Also the unturned frames' feature maps (3B, K, h, w)."""
         x = self.encoder.inputs(x)
-        turns = max(1, len(x) // 3 // self.cfg.equivariance_share)
+        turns = max(1, min(len(x), math.floor(len(x) / 3 / self.cfg.equivariance_share + 1e-9)))
         angles = (torch.rand(turns, device=x.device) * 2 - 1) * math.radians(self.cfg.equivariance_angle)
-        middle = slice(1, 3 * turns, 3)  # the middle frames of the first `turns` triples
+        order = torch.arange(len(x), device=x.device).view(-1, 3)[:, [1, 0, 2]].T.flatten()  # middle frames first
+        middle = order[:turns]
         turned, rotation = rotate_frames(x[middle], angles)
         features = self.encoder.feature_maps(torch.cat([x, turned]))
         keypoints, turned_keypoints = self.encoder.locate(features, x.shape[-2:]).split([len(x), turns])

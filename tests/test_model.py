@@ -533,7 +533,8 @@ def test_wide_equivariance_weighs_the_wide_keypoints_alone():
 
 def test_equivariance_share_sets_how_many_frames_are_turned(monkeypatch):
     """model.equivariance_share: the middle frame of one triple in this many is turned (at
-    least one), so at 1 every triple's is; fewer than 1 is refused."""
+    least one), so at 1 every triple's is, and below 1 the first and last frames too, every
+    frame at 1/3; less than 1/3 is refused."""
     turned = []
 
     def counting(images, angles):
@@ -542,13 +543,14 @@ def test_equivariance_share_sets_how_many_frames_are_turned(monkeypatch):
 
     monkeypatch.setattr("dsae.model.rotate_frames", counting)
     triples = torch.randint(0, 256, (8, 3, 16, 16, 3), dtype=torch.uint8)
-    for share in (4, 1, 16):
+    for share in (4, 1, 16, 0.5, 1 / 3):
         cfg = ModelConfig(channels=[4], kernels=[3], strides=[1], num_keypoints=4, local_keypoints=0, recon_size=4,
                           padding="same", equivariance_share=share)
         DeepSpatialAutoencoder(cfg, 16).loss(triples)
-    assert turned == [2, 8, 1]
-    with pytest.raises(ConfigError, match="model.equivariance_share"):
-        ModelConfig(equivariance_share=0)
+    assert turned == [2, 8, 1, 16, 24]
+    for bad in (0, 0.3, float("inf")):
+        with pytest.raises(ConfigError, match="model.equivariance_share"):
+            ModelConfig(equivariance_share=bad)
 
 
 def _equivariance_model(temperature: float) -> DeepSpatialAutoencoder:
