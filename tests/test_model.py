@@ -537,17 +537,21 @@ def test_equivariance_share_sets_how_many_frames_are_turned(monkeypatch):
     frame at 1/3; less than 1/3 is refused."""
     turned = []
 
-    def counting(images, angles):
-        turned.append(len(images))
+    def recording(images, angles):
+        turned.append(images)
         return rotate_frames(images, angles)
 
-    monkeypatch.setattr("dsae.model.rotate_frames", counting)
+    monkeypatch.setattr("dsae.model.rotate_frames", recording)
     triples = torch.randint(0, 256, (8, 3, 16, 16, 3), dtype=torch.uint8)
-    for share in (4, 1, 16, 0.5, 1 / 3):
+    for share in (4, 1, 16, 0.5, 0.3333333):
         cfg = ModelConfig(channels=[4], kernels=[3], strides=[1], num_keypoints=4, local_keypoints=0, recon_size=4,
                           padding="same", equivariance_share=share)
         DeepSpatialAutoencoder(cfg, 16).loss(triples)
-    assert turned == [2, 8, 1, 16, 24]
+    assert [len(images) for images in turned] == [2, 8, 1, 16, 24]
+    first, middle, last = (to_float_images(triples[:, i]) for i in range(3))
+    torch.testing.assert_close(turned[0], middle[:2])  # the middle frames of the first triples
+    torch.testing.assert_close(turned[3], torch.cat([middle, first]))
+    torch.testing.assert_close(turned[4], torch.cat([middle, first, last]))  # every frame
     for bad in (0, 0.3, float("inf")):
         with pytest.raises(ConfigError, match="model.equivariance_share"):
             ModelConfig(equivariance_share=bad)
