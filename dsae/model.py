@@ -478,7 +478,8 @@ class DeepSpatialAutoencoder(nn.Module):
         scene's median frame with them, so that a turned frame is still compared with its own scene.
         Also the unturned frames' feature maps (3B, K, h, w)."""
         x = self.encoder.inputs(x)
-        turns = max(1, min(len(x), math.floor(len(x) / 3 / self.cfg.equivariance_share + 1e-9)))
+        # floor, but a share written to 7 digits (0.6666667) counts as the fraction it stands for
+        turns = max(1, min(len(x), math.floor(len(x) / 3 / self.cfg.equivariance_share + 1e-3)))
         angles = (torch.rand(turns, device=x.device) * 2 - 1) * math.radians(self.cfg.equivariance_angle)
         order = torch.arange(len(x), device=x.device).view(-1, 3)[:, [1, 0, 2]].T.flatten()  # middle frames first
         middle = order[:turns]

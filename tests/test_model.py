@@ -534,7 +534,8 @@ def test_wide_equivariance_weighs_the_wide_keypoints_alone():
 def test_equivariance_share_sets_how_many_frames_are_turned(monkeypatch):
     """model.equivariance_share: the middle frame of one triple in this many is turned (at
     least one), so at 1 every triple's is, and below 1 the first and last frames too, every
-    frame at 1/3; less than 1/3 is refused."""
+    frame at 1/3 (written to 7 digits, as the fraction it stands for); less than
+    1/3 is refused."""
     turned = []
 
     def recording(images, angles):
@@ -543,11 +544,11 @@ def test_equivariance_share_sets_how_many_frames_are_turned(monkeypatch):
 
     monkeypatch.setattr("dsae.model.rotate_frames", recording)
     triples = torch.randint(0, 256, (8, 3, 16, 16, 3), dtype=torch.uint8)
-    for share in (4, 1, 16, 0.5, 0.3333333):
+    for share in (4, 1, 16, 0.5, 0.3333333, 0.6666667):
         cfg = ModelConfig(channels=[4], kernels=[3], strides=[1], num_keypoints=4, local_keypoints=0, recon_size=4,
                           padding="same", equivariance_share=share)
         DeepSpatialAutoencoder(cfg, 16).loss(triples)
-    assert [len(images) for images in turned] == [2, 8, 1, 16, 24]
+    assert [len(images) for images in turned] == [2, 8, 1, 16, 24, 12]
     first, middle, last = (to_float_images(triples[:, i]) for i in range(3))
     torch.testing.assert_close(turned[0], middle[:2])  # the middle frames of the first triples
     torch.testing.assert_close(turned[3], torch.cat([middle, first]))
