@@ -92,7 +92,6 @@ class ModelConfig:
     background_jitter: float = 0.0  # in training, this share of the triples show the encoder a recoloured scene: pixels like the scene's median frame become that frame times a random gain plus a random tint (one draw per triple), so a keypoint learns an object apart from what lies behind it (the reconstruction target is the frame as it was)
     concentration_weight: float = 0.03  # 0 = off; weight of the mean variance of each local keypoint's softmax over its map (every keypoint's when none is local; Zhang et al. 2018's concentration term), the temperature held fixed: a small object's map answers in one place, not over several
     concentration_until: float = 0.3  # the share of the steps during which concentration_weight counts (1: all of them); 0.3, the local warmup's: maps held in one place while the local keypoints take the small objects, then free to spread over a tip of a pixel or two
-    subcell: bool = False  # each keypoint also moved within its cell to where a parabola through the map's value there and at the two neighbours peaks (per axis, weighed by the softmax): a sharp softmax answers in one 2 px cell, and this lets its keypoint sit between cells
     local_warmup: float = 0.3  # for this share of the steps only the local keypoints open windows in the transport decoder (the others wait), so the keypoints that answer to small patches take the small objects first; without local keypoints or that decoder there is nothing to hold back
 
     @property

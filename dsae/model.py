@@ -21,7 +21,7 @@ from torch import nn
 
 from dsae.config import DECODERS, NORMS, ModelConfig
 from dsae.errors import ConfigError
-from dsae.spatial_softmax import SpatialSoftmax, refine_subcell, spatial_soft_argmax_full
+from dsae.spatial_softmax import SpatialSoftmax, spatial_soft_argmax_full
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 BACKGROUND_TOLERANCE = 0.04  # model.background_jitter: a pixel within this of the scene's median frame in every channel is scene
@@ -138,7 +138,6 @@ class SpatialEncoder(nn.Module):
         self.softmax_channels = cfg.num_keypoints
         self.wide_temperature = cfg.wide_temperature  # the wide maps are divided by it (ModelConfig.wide_temperature)
         self.softmax = SpatialSoftmax(cfg.temperature, cfg.learn_temperature)
-        self.subcell = cfg.subcell
         self.centres = receptive_field_centres(cfg.kernels, cfg.strides, cfg.padding) if cfg.keypoint_frame == "image" else None
         reads_scene = cfg.scene_difference or cfg.reads_foreground
         if reads_scene and image_size is None:
@@ -182,15 +181,8 @@ class SpatialEncoder(nn.Module):
 
     def locate(self, features: torch.Tensor, image_size: tuple[int, int], **outputs):
         """Keypoints (B, K, 2) in the keypoint frame from the feature maps (B, K, h, w) of images
-        of ``image_size`` (H, W); ``outputs`` as in ``forward``. With ``model.subcell`` each keypoint
-        is moved within its cell (``refine_subcell``)."""
-        if self.subcell:
-            full = self.softmax(features, **{**outputs, "return_presence": True})
-            moved = refine_subcell(full.keypoints, full.presence, features)
-            extra = any(outputs.get(k) for k in ("return_attention", "return_presence", "return_covariance"))
-            result = full._replace(keypoints=moved, presence=full.presence if outputs.get("return_presence") else None) if extra else moved
-        else:
-            result = self.softmax(features, **outputs)
+        of ``image_size`` (H, W); ``outputs`` as in ``forward``."""
+        result = self.softmax(features, **outputs)
         if self.centres is None:
             return result
         scale, shift = self._grid_to_image(features, image_size)

@@ -240,30 +240,6 @@ def spatial_soft_argmax_full(
     return SoftArgmaxResult(**result)
 
 
-@_float32_under_autocast
-def refine_subcell(keypoints: torch.Tensor, presence: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """Keypoints (B, C, 2) of a soft-argmax over ``features`` (B, C, H, W), and their presence (B, C)
-    -> keypoints moved towards where, along each axis, a parabola through the map's values at the
-    keypoint's nearest cell and its two neighbours peaks (within +-0.5 cell of that cell), as far as
-    the softmax's mass lies within that cell's neighbourhood (the presence), in the grid's normalised
-    units. A sharp softmax answers in one cell of a coarse grid; the refined keypoint can sit between
-    cells, where the map's crest lies. The temperature divides the values alike, so it does not
-    change the crest. A nearest cell on the border is not moved along that axis."""
-    f = features.float().flatten(2)  # (B, C, HW)
-    h, w = features.shape[-2:]
-    sizes = keypoints.new_tensor([w, h])
-    cell = ((keypoints.detach() + 1) * (sizes - 1) / 2).round().long()  # (B, C, 2): column, row
-    inside = (cell > 0) & (cell < sizes.long() - 1)
-    centre = cell[..., 1] * w + cell[..., 0]
-    steps = torch.stack([inside[..., 0].long(), inside[..., 1].long() * w], dim=-1)  # 0 where not inside
-    index = torch.stack([centre, centre - steps[..., 0], centre + steps[..., 0], centre - steps[..., 1], centre + steps[..., 1]], -1)
-    v = f.gather(-1, index)  # (B, C, 5): the cell, left, right, above, below
-    before, after = v[..., [1, 3]], v[..., [2, 4]]
-    crest = ((after - before) / (2 * (2 * v[..., :1] - before - after)).clamp(min=1e-6)).clamp(-0.5, 0.5)
-    target = (cell + crest) * 2 / (sizes - 1) - 1
-    return keypoints + presence.unsqueeze(-1) * (target - keypoints)
-
-
 class SpatialSoftmax(nn.Module):
     """Spatial soft-argmax layer: features -> keypoints (B, K, D).
 

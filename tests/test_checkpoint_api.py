@@ -106,7 +106,7 @@ def test_a_checkpoint_from_before_decoder_sigma_end_keeps_its_windows(tmp_path):
 def test_a_checkpoint_from_before_local_keypoints_loads_without_them(tmp_path):
     """Saved without model.local_keypoints, model.local_warmup, model.recon_loss,
     model.scene_difference, model.background_jitter, model.concentration_weight/_until,
-    model.wide_input, model.wide_temperature, model.wide_equivariance, model.equivariance_share and model.subcell,
+    model.wide_input, model.wide_temperature, model.wide_equivariance and model.equivariance_share,
     every keypoint read the whole stack from the frame alone, every window opened from the first
     step and the squared error trained it on the scene as it was: it loads so, not with today's
     defaults."""
@@ -116,15 +116,15 @@ def test_a_checkpoint_from_before_local_keypoints_loads_without_them(tmp_path):
     old = to_dict(cfg)
     for key in ("local_keypoints", "local_warmup", "recon_loss", "scene_difference", "background_jitter",
                 "concentration_weight", "concentration_until", "wide_input", "wide_temperature", "wide_equivariance",
-                "equivariance_share", "subcell"):
+                "equivariance_share"):
         del old["model"][key]
     save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "config": old, "image_size": 32, "step": 0})
     model_cfg = load_checkpoint(tmp_path / "old.pt")["config"]["model"]
     assert (model_cfg["local_keypoints"], model_cfg["local_warmup"], model_cfg["recon_loss"],
             model_cfg["scene_difference"], model_cfg["background_jitter"], model_cfg["concentration_weight"],
             model_cfg["concentration_until"], model_cfg["wide_input"], model_cfg["wide_temperature"],
-            model_cfg["wide_equivariance"], model_cfg["equivariance_share"], model_cfg["subcell"]) == (
-                0, 0.0, "mse", False, 0.0, 0.0, 1.0, "frame", 1.0, 1.0, 4.0, False)
+            model_cfg["wide_equivariance"], model_cfg["equivariance_share"]) == (
+                0, 0.0, "mse", False, 0.0, 0.0, 1.0, "frame", 1.0, 1.0, 4.0)
     images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
     torch.testing.assert_close(dsae.load_encoder(tmp_path / "old.pt", device="cpu")(images), model.encoder(images))
 

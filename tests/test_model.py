@@ -510,31 +510,6 @@ def test_equivariance_error_weighs_each_keypoint_by_its_weight():
     assert float(weighted) == pytest.approx((first + 10 * second) / 2, rel=1e-5)
 
 
-def test_subcell_moves_each_keypoint_within_its_cell():
-    """model.subcell: the encoder's keypoints are the soft-argmax's moved by ``refine_subcell``, at
-    most half a cell (here 2 px cells: 1/31 of the normalised range), and only the keypoints
-    change: presence and attention are the soft-argmax's; the loss trains through them."""
-    cfg = ModelConfig(channels=[8, 8], kernels=[3, 3], strides=[2, 1], num_keypoints=4, local_keypoints=2,
-                      norm="none", recon_size=8, temperature=0.02)
-    torch.manual_seed(0)
-    plain = DeepSpatialAutoencoder(cfg, 64).eval()
-    refined = DeepSpatialAutoencoder(dataclasses.replace(cfg, subcell=True), 64).eval()
-    refined.load_state_dict(plain.state_dict())
-    images = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
-    with torch.no_grad():
-        a = plain.encoder(images, return_presence=True, return_attention=True)
-        b = refined.encoder(images, return_presence=True, return_attention=True)
-        moved = refined.encoder(images) - plain.encoder(images)
-    torch.testing.assert_close(b.presence, a.presence)
-    torch.testing.assert_close(b.attention, a.attention)
-    torch.testing.assert_close(b.keypoints - a.keypoints, moved)
-    assert 1e-4 < moved.abs().max() <= 0.5 * 2 / 63 + 1e-6
-    refined.train()
-    loss, _ = refined.loss(torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8))
-    loss.backward()
-    assert all(p.grad is not None for p in refined.encoder.parameters() if p.requires_grad)
-
-
 def test_wide_equivariance_weighs_the_wide_keypoints_alone():
     """With model.wide_equivariance=0 only the local keypoints pay for not turning with the frame."""
     cfg = ModelConfig(channels=[8, 4], kernels=[3, 3], strides=[1, 1], num_keypoints=8, local_keypoints=4,

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsae.spatial_softmax import (SpatialSoftmax, from_pixels, refine_subcell, spatial_soft_argmax, spatial_soft_argmax_full,
-                                  to_pixels)
+from dsae.spatial_softmax import SpatialSoftmax, from_pixels, spatial_soft_argmax, spatial_soft_argmax_full, to_pixels
 
 
 def numpy_soft_argmax(features: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -95,41 +94,6 @@ def test_presence_is_high_for_peaks():
     assert p[0, 0] > 0.99
     # A flat map: the 3x3 window around the centre holds 9 of 400 cells' mass.
     torch.testing.assert_close(p[0, 1], torch.tensor(9 / 400))
-
-
-def _cells(keypoints: torch.Tensor, size: int) -> torch.Tensor:
-    return (keypoints + 1) * (size - 1) / 2
-
-
-@pytest.mark.parametrize("x", [10.0, 10.3, 10.5, 10.8])
-def test_refine_subcell_finds_a_peak_between_cells(x):
-    """A map whose log is a paraboloid peaked between cells: a sharp softmax snaps to a cell (0.3
-    cell off at 10.3), the refinement finds the peak; at the temperature of a soft map the
-    refinement keeps the soft-argmax, which is then right already."""
-    size, y = 32, 20.25
-    grid = torch.arange(size, dtype=torch.float32)
-    features = -2.0 * ((grid.view(1, -1) - x) ** 2 + (grid.view(-1, 1) - y) ** 2)[None, None]
-    sharp = spatial_soft_argmax_full(features, 0.1, return_presence=True)
-    refined = _cells(refine_subcell(sharp.keypoints, sharp.presence, features), size)[0, 0]
-    torch.testing.assert_close(refined, torch.tensor([x, y]), atol=1e-3, rtol=0)
-    assert (_cells(sharp.keypoints, size)[0, 0] - torch.tensor([x, y])).abs().max() > 0.2
-    soft = spatial_soft_argmax_full(features, 50.0, return_presence=True)
-    for keypoints in (soft.keypoints, refine_subcell(soft.keypoints, soft.presence, features)):
-        torch.testing.assert_close(_cells(keypoints, size)[0, 0], torch.tensor([x, y]), atol=0.05, rtol=0)
-
-
-def test_refine_subcell_keeps_border_peaks_and_passes_gradients():
-    """A peak on the border is not moved along that axis (no neighbour beyond it); gradients reach
-    the map's values about the peak."""
-    features = torch.zeros(1, 1, 8, 8)
-    features[0, 0, 0, 3], features[0, 0, 0, 4] = 10.0, 6.0  # top row: a crest between columns 3 and 4
-    features.requires_grad_()
-    result = spatial_soft_argmax_full(features, 0.1, return_presence=True)
-    refined = refine_subcell(result.keypoints, result.presence, features)
-    column, row = _cells(refined, 8)[0, 0]
-    assert 3.0 < column < 3.5 and row == 0.0
-    refined[0, 0, 0].backward()
-    assert features.grad[0, 0, 0, 2:5].abs().sum() > 0
 
 
 def test_wrong_rank_is_rejected():
