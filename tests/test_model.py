@@ -534,8 +534,8 @@ def test_wide_equivariance_weighs_the_wide_keypoints_alone():
 def test_equivariance_share_sets_how_many_frames_are_turned(monkeypatch):
     """model.equivariance_share: the middle frame of one triple in this many is turned (at
     least one), so at 1 every triple's is, and below 1 the first and last frames too, every
-    frame at 1/3 (written to 7 digits, as the fraction it stands for); less than
-    1/3 is refused."""
+    frame at 1/3; a share written to 7 digits (0.3333333, 0.6666667) turns as many as the
+    fraction it stands for; less than 1/3 is refused."""
     turned = []
 
     def recording(images, angles):
