@@ -244,6 +244,47 @@ def gaussian_maps(keypoints: torch.Tensor, size: int, sigma: float) -> torch.Ten
     return gy.unsqueeze(-1) * gx.unsqueeze(-2)
 
 
+class _NearestWindow(torch.autograd.Function):
+    """The largest of the keypoints' Gaussian maps at each pixel, which is the Gaussian of the
+    distance to the nearest keypoint: keypoints (B, K, 2) -> (B, 1, size, size).
+
+    Equal to ``gaussian_maps(keypoints, size, sigma).amax(dim=1, keepdim=True)``, but the backward
+    pass goes only to each pixel's nearest keypoint, O(B * size^2) instead of O(B * K * size^2)
+    (where two keypoints are equally near, the first takes it all, where amax would split it).
+    """
+
+    @staticmethod
+    def forward(ctx, keypoints: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+        grid = torch.linspace(-1.0, 1.0, size, device=keypoints.device, dtype=keypoints.dtype)
+        dx2 = (grid - keypoints[..., 0:1]).square()  # (B, K, W)
+        dy2 = (grid - keypoints[..., 1:2]).square()  # (B, K, H)
+        nearest_d2, nearest = (dy2.unsqueeze(-1) + dx2.unsqueeze(-2)).min(dim=1)  # (B, H, W) each
+        window = torch.exp(nearest_d2 * (-0.5 / sigma**2))
+        ctx.save_for_backward(keypoints, window, nearest)
+        ctx.sigma = sigma
+        return window.unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        keypoints, window, nearest = ctx.saved_tensors
+        size = window.shape[-1]
+        grid = torch.linspace(-1.0, 1.0, size, device=keypoints.device, dtype=keypoints.dtype)
+        pixel = torch.stack([grid.repeat(size), grid.repeat_interleave(size)], dim=-1)  # (H*W, 2) as (x, y)
+        index = nearest.flatten(1)  # (B, H*W)
+        where = keypoints.gather(1, index.unsqueeze(-1).expand(-1, -1, 2))  # (B, H*W, 2)
+        # d window / d keypoint = window * (pixel - keypoint) / sigma^2, summed onto each pixel's keypoint
+        pull = (grad.squeeze(1) * window).flatten(1).unsqueeze(-1) * (pixel - where) / ctx.sigma**2
+        out = torch.zeros_like(keypoints)
+        out.scatter_add_(1, index.unsqueeze(-1).expand(-1, -1, 2), pull.to(out.dtype))
+        return out, None, None
+
+
+def nearest_window(keypoints: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Keypoints (B, K, 2) -> (B, 1, size, size): at each pixel the largest of the keypoints'
+    :func:`gaussian_maps` (peak 1), with a backward pass that costs O(B * size^2)."""
+    return _NearestWindow.apply(keypoints, size, sigma)
+
+
 class GaussianDecoder(nn.Module):
     """Keypoints drawn as Gaussian maps, then a small conv net: (B, K, 2) -> (B, h, w) (or (B, 3, h, w)).
 
@@ -293,7 +334,7 @@ class TransportDecoder(nn.Module):
             raise ValueError("the transport decoder reconstructs from the frames' features: pass images too")
         frames = F.interpolate(to_float_images(images), size=(self.size, self.size), mode="area")
         shown = keypoints[:, :self.open_keypoints]
-        window = gaussian_maps(shown, self.size, self.sigma).amax(dim=1, keepdim=True)  # (B, 1, h, w)
+        window = nearest_window(shown, self.size, self.sigma)  # (B, 1, h, w)
         mixed = (1 - window) * self.features(self.scene) + window * self.features(frames)
         return _as_recon(self.net(mixed), self.cfg) + 0.5
 

@@ -9,8 +9,9 @@ Per channel c: s_c = softmax over all positions of a_c / T, computed in float32 
 stays float64) with the maximum subtracted, and f_c = sum_p s_cp * coord(p). The
 expectation is taken over the marginals (sum over the other axes, then a dot product with
 one axis' coordinates), so no full coordinate grid is built. Without extra outputs the
-backward pass is one fused expression, d f / d a_p = s_p (coord(p) - f) / T, so autograd
-keeps only the softmax for backward.
+backward pass is one fused expression, d f / d a_p = s_p (coord(p) - f) / T (and one more pass
+for a learned T's gradient), so the backward keeps the softmax (and, for a learned T, the logits)
+and nothing of the float32 copy or the division.
 
 Equivalences, tested against the installed packages and a transliteration:
   - kornia ``spatial_soft_argmax2d(x, T)`` (0.9: divides by T; (x, y); align_corners)
@@ -70,17 +71,10 @@ def _channels_first(features: torch.Tensor, data_format: str) -> tuple[torch.Ten
     return features, ndim
 
 
-def _masked_logits(features: torch.Tensor, temperature, mask: Optional[torch.Tensor], ndim: int):
-    """float32+ logits (B, C, N) and the float mask (1|B, 1|C, N) or None."""
-    b, c = features.shape[:2]
-    dtype = torch.promote_types(features.dtype, torch.float32)
-    logits = features.to(dtype).reshape(b, c, -1)
-    if not isinstance(temperature, torch.Tensor):
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-    logits = logits / temperature
+def _valid_positions(features: torch.Tensor, mask: Optional[torch.Tensor], ndim: int) -> Optional[torch.Tensor]:
+    """The bool mask of valid positions (1|B, 1|C, N) for channels-first ``features``, or None."""
     if mask is None:
-        return logits, None
+        return None
     spatial = features.shape[2:]
     mask = torch.as_tensor(mask, device=features.device)
     if mask.dim() < ndim or tuple(mask.shape[mask.dim() - ndim:]) != tuple(spatial):
@@ -93,37 +87,54 @@ def _masked_logits(features: torch.Tensor, temperature, mask: Optional[torch.Ten
     if mask.dim() != ndim + 2:
         raise ValueError(f"mask must have the spatial shape {tuple(spatial)} (optionally with batch and channel "
                          f"axes), got {tuple(mask.shape)}")
-    valid = mask.to(torch.bool).reshape(mask.shape[0], mask.shape[1], -1)
-    logits = logits.masked_fill(~valid, torch.finfo(dtype).min)
-    return logits, valid.to(dtype)
+    return mask.to(torch.bool).reshape(mask.shape[0], mask.shape[1], -1)
+
+
+def _logits(features: torch.Tensor, temperature, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """Channels-first features (B, C, *spatial) -> float32+ logits (B, C, N): features / T, the
+    invalid positions at the dtype's lowest value; a new tensor, never the features themselves."""
+    if not isinstance(temperature, torch.Tensor) and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    b, c = features.shape[:2]
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    flat = features.reshape(b, c, -1)
+    logits = flat / temperature if flat.dtype == dtype else flat.to(dtype).div_(temperature)
+    if valid is not None:
+        logits = logits.masked_fill_(~valid, torch.finfo(dtype).min)
+    return logits
 
 
 class _SoftArgmaxFn(torch.autograd.Function):
-    """Keypoints from float logits (B, C, *spatial) with a fused backward.
+    """Keypoints from features (B, C, *spatial) and a temperature, with a fused backward.
 
-    Forward: s = softmax(logits); f_d = <marginal_d(s), coords_d>. Backward: the gradient of
-    the logits is s * sum_d g_d (coords_d - f_d), one pass over s.
+    Forward: s = softmax(a / T); f_d = <marginal_d(s), coords_d>. Backward: with
+    w = sum_d g_d (coords_d - f_d), the features' gradient is s * w / T and the temperature's
+    -sum_p (s * w / T) * (a_p / T): one pass over s for the first, one more for the second when
+    T is learned, in float32 whatever the features' dtype (the gradient comes back in it).
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, valid: Optional[torch.Tensor], spatial: tuple[int, ...]):
-        b, c = logits.shape[:2]
+    def forward(ctx, features: torch.Tensor, temperature, valid: Optional[torch.Tensor], spatial: tuple[int, ...]):
+        b, c = features.shape[:2]
+        logits = _logits(features, temperature, valid)
         attention = torch.softmax(logits, dim=-1)
         if valid is not None:
             attention = attention * valid
         attention = attention.reshape(b, c, *spatial)
         keypoints = _expectation(attention, spatial)
-        ctx.save_for_backward(attention, keypoints)
-        ctx.spatial = spatial
+        learned = isinstance(temperature, torch.Tensor) and ctx.needs_input_grad[1]
+        ctx.dtypes = features.dtype, getattr(temperature, "dtype", None)
+        temperature = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
+        ctx.save_for_backward(attention, keypoints, temperature, logits if learned else None)
         return keypoints
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        attention, keypoints = ctx.saved_tensors
-        spatial = ctx.spatial
-        nd = len(spatial)
+        attention, keypoints, temperature, logits = ctx.saved_tensors
+        nd = attention.dim() - 2
         b, c = attention.shape[:2]
-        # weight(p) = sum_d g_d * (coord_d(p) - f_d), built by broadcasting one axis at a time.
+        grad = grad / temperature
+        # weight(p) = sum_d g_d * (coord_d(p) - f_d) / T, built by broadcasting one axis at a time.
         weight = None
         for d in range(nd):
             axis = _component_axis(d, nd)
@@ -132,7 +143,12 @@ class _SoftArgmaxFn(torch.autograd.Function):
             shape[axis] = -1
             term = (coords.view(shape) - keypoints[..., d].view(b, c, *([1] * nd))) * grad[..., d].view(b, c, *([1] * nd))
             weight = term if weight is None else weight + term
-        return (attention * weight).reshape(b, c, -1), None, None
+        features_grad = attention * weight
+        temperature_grad = None
+        if logits is not None:
+            temperature_grad = -torch.dot(features_grad.flatten(), logits.flatten())
+            temperature_grad = temperature_grad.reshape(temperature.shape).to(ctx.dtypes[1])
+        return features_grad.to(ctx.dtypes[0]), temperature_grad, None, None
 
 
 def _float32_under_autocast(fn):
@@ -177,8 +193,7 @@ def spatial_soft_argmax(
     float64 input), in the module docstring's convention.
     """
     features, ndim = _channels_first(features, data_format)
-    logits, valid = _masked_logits(features, temperature, mask, ndim)
-    return _SoftArgmaxFn.apply(logits, valid, tuple(features.shape[2:]))
+    return _SoftArgmaxFn.apply(features, temperature, _valid_positions(features, mask, ndim), tuple(features.shape[2:]))
 
 
 @_float32_under_autocast
@@ -207,7 +222,9 @@ def spatial_soft_argmax_full(
     features, ndim = _channels_first(features, data_format)
     spatial = tuple(features.shape[2:])
     b, c = features.shape[:2]
-    logits, valid = _masked_logits(features, temperature, mask, ndim)
+    valid = _valid_positions(features, mask, ndim)
+    logits = _logits(features, temperature, valid)
+    valid = None if valid is None else valid.to(logits.dtype)
     log_attention = torch.log_softmax(logits, dim=-1)
     attention = log_attention.exp()
     if valid is not None:

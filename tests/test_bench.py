@@ -274,6 +274,16 @@ def test_step_cost_times_a_setting_against_the_default(tmp_path):
     assert result["overrides"] == ["model.equivariance_weight=0.01"]
     assert result["images_per_s"]["default"] > 0 and result["images_per_s"]["changed"] > 0
     assert result["ratio"] == result["images_per_s"]["changed"] / result["images_per_s"]["default"]
+    assert result["revision"] is None and result["precision"] == "float32"
+
+
+def test_step_cost_times_the_working_tree_against_a_revision(tmp_path):
+    """``--revision``: the same settings at a git revision (here the one checked out) and in the working tree."""
+    out = tmp_path / "cost.json"
+    run("step_cost.py", "--revision", "HEAD", "model.num_keypoints=8", "--blocks", "1", "--steps", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["revision"] == "HEAD" and result["overrides"] == ["model.num_keypoints=8"]
+    assert result["images_per_s"]["default"] > 0 and result["images_per_s"]["changed"] > 0
 
 
 def test_visibility_restores_a_frames_state_and_refuses_joints_a_dataset_does_not_store():

@@ -13,6 +13,7 @@ from dsae.model import (
     SpatialEncoder,
     equivariance_error,
     gaussian_maps,
+    nearest_window,
     receptive_field_centres,
     recolour_background,
     recon_target,
@@ -142,6 +143,25 @@ def test_gaussian_maps_peak_at_keypoints():
     assert maps.shape == (1, 2, 9, 9)
     assert maps[0, 0].argmax() == 0
     assert divmod(int(maps[0, 1].argmax()), 9) == (4, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nearest_window_matches_the_largest_gaussian_map(dtype):
+    """The transport decoder's window: the same values and keypoint gradients as the max over
+    the keypoints' Gaussian maps, its backward pass only through each pixel's nearest keypoint."""
+    torch.manual_seed(0)
+    keypoints = torch.rand(3, 7, 2, dtype=dtype) * 2.4 - 1.2  # some beyond the frame
+    keypoints[:, 0] = 9.0  # nearest to no pixel
+    keypoints.requires_grad_()
+    grad = torch.randn(3, 1, 12, 12, dtype=dtype)
+    reference = gaussian_maps(keypoints, 12, 0.15).amax(dim=1, keepdim=True)
+    (expected,) = torch.autograd.grad(reference, keypoints, grad)
+    window = nearest_window(keypoints, 12, 0.15)
+    (got,) = torch.autograd.grad(window, keypoints, grad)
+    assert window.shape == (3, 1, 12, 12)
+    torch.testing.assert_close(window, reference)
+    torch.testing.assert_close(got, expected)
+    assert (got[:, 0] == 0).all() and (got[:, 1:] != 0).any(), "a keypoint nearest no pixel gets no gradient"
 
 
 @pytest.mark.parametrize("decoder", ["fc", "gaussian"])

@@ -69,6 +69,25 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda a, b: spatial_soft_argmax(a, b), (f, t))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_backward_matches_plain_autograd(dtype, masked):
+    """The fused backward's gradients, of bf16 features (in bf16) and of a learned float32
+    temperature, equal those of the plain-autograd path; the features are left as they were."""
+    torch.manual_seed(0)
+    f = (torch.randn(3, 4, 6, 7) * 3).to(dtype).requires_grad_()
+    log_t = torch.tensor(-1.0, requires_grad=True)
+    mask = torch.rand(3, 6, 7) > 0.3 if masked else None
+    g = torch.randn(3, 4, 2)
+    before = f.detach().clone()
+    fused = torch.autograd.grad(spatial_soft_argmax(f, log_t.exp(), mask=mask), (f, log_t), g)
+    plain = torch.autograd.grad(spatial_soft_argmax_full(f, log_t.exp(), mask=mask).keypoints, (f, log_t), g)
+    assert fused[0].dtype == dtype
+    torch.testing.assert_close(fused[0], plain[0])
+    torch.testing.assert_close(fused[1], plain[1])
+    assert torch.equal(f.detach(), before)
+
+
 def test_module_temperature_learned_or_fixed():
     learned, fixed = SpatialSoftmax(2.0), SpatialSoftmax(2.0, learn_temperature=False)
     assert [n for n, _ in learned.named_parameters()] == ["log_temperature"]
