@@ -249,8 +249,9 @@ class _NearestWindow(torch.autograd.Function):
     distance to the nearest keypoint: keypoints (B, K, 2) -> (B, 1, size, size).
 
     Equal to ``gaussian_maps(keypoints, size, sigma).amax(dim=1, keepdim=True)``, but the backward
-    pass goes only to each pixel's nearest keypoint, O(B * size^2) instead of O(B * K * size^2)
-    (where two keypoints are equally near, the first takes it all, where amax would split it).
+    pass goes only to each pixel's nearest keypoint, O(B * size^2) instead of O(B * K * size^2).
+    Keypoints at the same place (a sharp softmax puts them on the same cell) share it equally, as
+    amax shares it between equal maxima; two different keypoints exactly as near a pixel do not.
     """
 
     @staticmethod
@@ -276,7 +277,8 @@ class _NearestWindow(torch.autograd.Function):
         pull = (grad.squeeze(1) * window).flatten(1).unsqueeze(-1) * (pixel - where) / ctx.sigma**2
         out = torch.zeros_like(keypoints)
         out.scatter_add_(1, index.unsqueeze(-1).expand(-1, -1, 2), pull.to(out.dtype))
-        return out, None, None
+        same = (keypoints.unsqueeze(2) == keypoints.unsqueeze(1)).all(-1).to(out.dtype)  # (B, K, K)
+        return same @ out / same.sum(-1, keepdim=True), None, None
 
 
 def nearest_window(keypoints: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
