@@ -133,10 +133,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.revision:
-            base = (checkout(args.revision, Path(tmp)), args.overrides)
-            sides = {"default": Worker(*base, args.amp), "changed": Worker(REPO, args.overrides, args.amp)}
+            default = Worker(checkout(args.revision, Path(tmp)), args.overrides, args.amp)
         else:
-            sides = {"default": Worker(REPO, [], args.amp), "changed": Worker(REPO, args.overrides, args.amp)}
+            default = Worker(REPO, [], args.amp)
+        sides = {"default": default, "changed": Worker(REPO, args.overrides, args.amp)}
         seconds: dict[str, list[float]] = {name: [] for name in sides}
         for block in range(args.blocks + 1):
             for name, side in sides.items():

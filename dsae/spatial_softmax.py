@@ -114,8 +114,8 @@ class _SoftArgmaxFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, temperature, valid: Optional[torch.Tensor], spatial: tuple[int, ...]):
-        b, c = features.shape[:2]
+    def forward(ctx, features: torch.Tensor, temperature, valid: Optional[torch.Tensor]):
+        b, c, *spatial = features.shape
         logits = _logits(features, temperature, valid)
         attention = torch.softmax(logits, dim=-1)
         if valid is not None:
@@ -148,7 +148,7 @@ class _SoftArgmaxFn(torch.autograd.Function):
         if logits is not None:
             temperature_grad = -torch.dot(features_grad.flatten(), logits.flatten())
             temperature_grad = temperature_grad.reshape(temperature.shape).to(ctx.dtypes[1])
-        return features_grad.to(ctx.dtypes[0]), temperature_grad, None, None
+        return features_grad.to(ctx.dtypes[0]), temperature_grad, None
 
 
 def _float32_under_autocast(fn):
@@ -193,7 +193,7 @@ def spatial_soft_argmax(
     float64 input), in the module docstring's convention.
     """
     features, ndim = _channels_first(features, data_format)
-    return _SoftArgmaxFn.apply(features, temperature, _valid_positions(features, mask, ndim), tuple(features.shape[2:]))
+    return _SoftArgmaxFn.apply(features, temperature, _valid_positions(features, mask, ndim))
 
 
 @_float32_under_autocast
