@@ -46,6 +46,7 @@ MODEL_SETTINGS_SAVED_BEFORE = {  # model settings added since checkpoints were s
     "wide_temperature": 1.0,  # saved before model.wide_temperature: the wide keypoints had the local ones' temperature
     "wide_equivariance": 1.0,  # saved before model.wide_equivariance: every keypoint paid the equivariance term alike
     "equivariance_share": 4.0,  # saved before model.equivariance_share: one triple in four had its middle frame turned
+    "search_weight": 0.0,  # saved before model.search_weight: the local keypoints learnt from their windows alone
 }
 RUNTIME_SETTINGS = ("device", "threads", "progress", "logger", "resume", "train.resume", "data.workers",
                     "train.log_every", "train.eval_every", "train.image_every", "train.checkpoint_every",

@@ -92,6 +92,7 @@ class ModelConfig:
     background_jitter: float = 0.0  # in training, this share of the triples show the encoder a recoloured scene: pixels like the scene's median frame become that frame times a random gain plus a random tint (one draw per triple), so a keypoint learns an object apart from what lies behind it (the reconstruction target is the frame as it was)
     concentration_weight: float = 0.03  # 0 = off; weight of the mean variance of each local keypoint's softmax over its map (every keypoint's when none is local; Zhang et al. 2018's concentration term), the temperature held fixed: a small object's map answers in one place, not over several
     concentration_until: float = 0.3  # the share of the steps during which concentration_weight counts (1: all of them); 0.3, the local warmup's: maps held in one place while the local keypoints take the small objects, then free to spread over a tip of a pixel or two
+    search_weight: float = 0.0  # 0 = off; during model.local_warmup each local keypoint's softmax also learns, at this weight, from where opening the transport decoder's window would lower the error (a gradient alone: what the decoder draws is unchanged), so that a map whose keypoint is far from a small object still feels it
     local_warmup: float = 0.3  # for this share of the steps only the local keypoints open windows in the transport decoder (the others wait), so the keypoints that answer to small patches take the small objects first; without local keypoints or that decoder there is nothing to hold back
 
     @property
@@ -146,6 +147,12 @@ class ModelConfig:
             raise ConfigError(f"model.concentration_weight must be >= 0 (0: off), got {self.concentration_weight}")
         if not 0 < self.concentration_until <= 1:
             raise ConfigError(f"model.concentration_until must be in (0, 1] (a share of the steps), got {self.concentration_until}")
+        if self.search_weight < 0:
+            raise ConfigError(f"model.search_weight must be >= 0 (0: off), got {self.search_weight}")
+        if self.search_weight and not (self.decoder == "transport" and self.local_count and self.local_warmup):
+            raise ConfigError("model.search_weight acts on the local keypoints during model.local_warmup in the transport "
+                              "decoder: set model.decoder=transport, model.local_keypoints > 0 and model.local_warmup > 0, "
+                              "or model.search_weight=0")
         if not 0 <= self.local_warmup < 1:
             raise ConfigError(f"model.local_warmup must be in [0, 1), got {self.local_warmup}")
         if not 0 < self.equivariance_angle <= 180:

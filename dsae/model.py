@@ -331,12 +331,17 @@ class TransportDecoder(nn.Module):
         self.register_buffer("scene", torch.full((1, 3, cfg.recon_size, cfg.recon_size), 0.5))
         self.open_keypoints: Optional[int] = None  # only the first this many keypoints open a window (None: all)
 
-    def forward(self, keypoints: torch.Tensor, images: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, keypoints: torch.Tensor, images: Optional[torch.Tensor] = None,
+                search: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``search`` (B, 1, h, w), when given, adds its gradient to the window's and nothing to its
+        value (``model.search_weight``)."""
         if images is None:
             raise ValueError("the transport decoder reconstructs from the frames' features: pass images too")
         frames = F.interpolate(to_float_images(images), size=(self.size, self.size), mode="area")
         shown = keypoints[:, :self.open_keypoints]
         window = nearest_window(shown, self.size, self.sigma)  # (B, 1, h, w)
+        if search is not None:
+            window = window + (search - search.detach())
         mixed = (1 - window) * self.features(self.scene) + window * self.features(frames)
         return _as_recon(self.net(mixed), self.cfg) + 0.5
 
@@ -430,6 +435,7 @@ class DeepSpatialAutoencoder(nn.Module):
             raise ConfigError(f"image_size={image_size} is too small for this encoder (its feature maps would be {size}x{size})")
         self.feature_size = (size, size)
         self.concentrating = True  # whether the concentration term counts now (set_progress; model.concentration_until)
+        self.searching = False  # whether the local keypoints learn where to search now (set_progress; model.search_weight)
         # The scene's static image (B-independent, recon_shape): the per-pixel median of training frames,
         # set by set_background() before training; saved with the weights (as is the encoder's
         # full-size median frame with model.scene_difference).
@@ -464,6 +470,19 @@ class DeepSpatialAutoencoder(nn.Module):
         if isinstance(self.decoder, TransportDecoder):
             warming = self.cfg.local_count and progress < self.cfg.local_warmup
             self.decoder.open_keypoints = self.cfg.local_count if warming else None
+            self.searching = bool(warming and self.cfg.search_weight > 0)
+
+    def _search(self, features: torch.Tensor) -> torch.Tensor:
+        """``model.search_weight`` times the sum of the local keypoints' softmax attention (the
+        temperature held fixed), at the reconstruction's size: feature maps (B, K, h, w) -> (B, 1, r, r).
+        Added to the decoder's window as a gradient alone, it moves each local map's mass towards
+        the cells where a window would lower the error, wherever its keypoint is."""
+        local = features[:, :self.cfg.local_count].float()
+        attention = torch.softmax(local.flatten(2) / self.encoder.softmax.temperature.detach().float(), -1)
+        search = attention.view_as(local).sum(1, keepdim=True)
+        if search.shape[-1] != self.cfg.recon_size:
+            search = F.interpolate(search, size=(self.cfg.recon_size,) * 2, mode="bilinear", align_corners=False)
+        return self.cfg.search_weight * search
 
     def forward(self, images: torch.Tensor):
         keypoints = self.encoder(images)
@@ -487,7 +506,7 @@ class DeepSpatialAutoencoder(nn.Module):
         else:
             features = self.encoder.feature_maps(self.encoder.inputs(x))
             keypoints, equivariance = self.encoder.locate(features, x.shape[-2:]), None
-        recon = self.decoder(keypoints, images)
+        recon = self.decoder(keypoints, images, self._search(features)) if self.searching else self.decoder(keypoints, images)
         target = recon_target(images, self.cfg)
         difference = recon.float() - target
         error = difference.abs() if self.cfg.recon_loss == "l1" else difference.pow(2)

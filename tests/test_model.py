@@ -452,6 +452,57 @@ def test_local_warmup_opens_only_the_local_keypoints_windows_until_its_share_of_
         assert (model.decoder(both, frames) - model.decoder(local_only, frames)).abs().max() > 1e-4
 
 
+def test_the_search_gradient_leaves_the_reconstruction_alone_and_reaches_the_window_where_it_would_open():
+    """TransportDecoder's ``search``: the same reconstruction as without it, and its gradient is the
+    window's gradient at each pixel (what opening the window there would do to the loss)."""
+    from dsae.model import TransportDecoder
+
+    torch.manual_seed(0)
+    decoder = TransportDecoder(ModelConfig(num_keypoints=1, recon_size=16))
+    keypoints = torch.tensor([[[-0.75, -0.75]], [[0.5, 0.25]]])
+    frames = torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8)
+    probe = torch.zeros(2, 1, 16, 16, requires_grad=True)  # a zero added to the window: its gradient is the window's
+    decoder(keypoints, frames, probe).pow(2).sum().backward()
+    search = torch.rand(2, 1, 16, 16, requires_grad=True)
+    recon = decoder(keypoints, frames, search)
+    torch.testing.assert_close(recon, decoder(keypoints, frames))
+    recon.pow(2).sum().backward()
+    torch.testing.assert_close(search.grad, probe.grad)
+    assert probe.grad.abs().amax() > 0
+
+
+def _search_model(search_weight: float) -> DeepSpatialAutoencoder:
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=[8, 8], kernels=[3, 3], strides=[1, 1], num_keypoints=4, local_keypoints=2,
+                      recon_size=8, equivariance_weight=0.0, local_warmup=0.3, search_weight=search_weight)
+    return DeepSpatialAutoencoder(cfg, 16)
+
+
+def test_search_weight_trains_the_local_maps_alone_during_the_warmup_and_leaves_the_loss_alone():
+    """model.search_weight: before local_warmup's share of training the local keypoints' maps get
+    the search gradient (the loss's value unchanged, the wide stack's gradient unchanged); after
+    it nothing changes; a negative weight is refused."""
+    triples = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
+    for progress, searching in ((0.1, True), (0.3, False)):
+        runs = []
+        for weight in (0.0, 100.0):
+            model = _search_model(weight)
+            model.set_background(triples.flatten(0, 1))
+            model.set_progress(progress)
+            total, _ = model.loss(triples)
+            total.backward()
+            runs.append((float(total), model.encoder.local[-1].weight.grad, model.encoder.features[0].weight.grad, model.searching))
+        (off, local_off, wide_off, _), (on, local_on, wide_on, searched) = runs
+        assert searched == searching and on == pytest.approx(off, rel=1e-6)
+        torch.testing.assert_close(wide_on, wide_off)
+        assert torch.allclose(local_on, local_off) != searching
+    with pytest.raises(ConfigError, match="model.search_weight"):
+        ModelConfig(search_weight=-1.0)
+    for elsewhere in ({"decoder": "gaussian"}, {"local_keypoints": 0}, {"local_warmup": 0.0}):
+        with pytest.raises(ConfigError, match="model.search_weight acts on the local keypoints"):
+            ModelConfig(search_weight=1.0, **elsewhere)
+
+
 @pytest.mark.parametrize("warmup", [-0.1, 1.0])
 def test_local_warmup_is_a_share_of_training_below_one(warmup):
     with pytest.raises(ConfigError, match="local_warmup"):
