@@ -477,9 +477,9 @@ class DeepSpatialAutoencoder(nn.Module):
         temperature held fixed), at the reconstruction's size: feature maps (B, K, h, w) -> (B, 1, r, r).
         Added to the decoder's window as a gradient alone, it moves each local map's mass towards
         the cells where a window would lower the error, wherever its keypoint is."""
-        local = features[:, :self.cfg.local_count].float()
-        attention = torch.softmax(local.flatten(2) / self.encoder.softmax.temperature.detach().float(), -1)
-        search = attention.view_as(local).sum(1, keepdim=True)
+        local = features[:, :self.cfg.local_count]
+        attention = spatial_soft_argmax_full(local, self.encoder.softmax.temperature.detach(), return_attention=True).attention
+        search = attention.sum(1, keepdim=True)
         if search.shape[-1] != self.cfg.recon_size:
             search = F.interpolate(search, size=(self.cfg.recon_size,) * 2, mode="bilinear", align_corners=False)
         return self.cfg.search_weight * search
