@@ -68,8 +68,11 @@ class CheckpointError(UserError, RuntimeError):
 
 def model_settings_as_trained(model: dict[str, Any]) -> dict[str, Any]:
     """A saved config's model section with the settings added since it was saved, as it was trained
-    (``MODEL_SETTINGS_SAVED_BEFORE``)."""
-    return {**MODEL_SETTINGS_SAVED_BEFORE, **model}
+    (``MODEL_SETTINGS_SAVED_BEFORE``); a ``local_keypoints`` saved as None (before 2026-12-06) meant half of K."""
+    settings = {**MODEL_SETTINGS_SAVED_BEFORE, **model}
+    if settings["local_keypoints"] is None:
+        settings["local_keypoints"] = settings["num_keypoints"] // 2
+    return settings
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:

@@ -59,12 +59,12 @@ class ModelConfig:
     """The ``model`` group: architecture and loss (``model=finn2016`` is the paper's)."""
 
     channels: list[int] = field(default_factory=lambda: [64, 32, 16])  # conv widths of the encoder
-    kernels: list[int] = field(default_factory=lambda: [3, 3, 3])  # conv kernel sizes (paper: 7, 5, 5)
+    kernels: list[int] = field(default_factory=lambda: [3, 5, 5])  # conv kernel sizes (paper: 7, 5, 5)
     strides: list[int] = field(default_factory=lambda: [2, 1, 1])  # conv strides
     padding: str = "replicate"  # valid (paper), same (zero-padded to keep each map's size) or replicate (the same, borders repeated)
     norm: str = "batch"  # none (paper), batch or group, after each conv
-    num_keypoints: int = 64  # K (paper: 16)
-    local_keypoints: Optional[int] = None  # of the K, how many read only a first conv's features (through 1x1 convs; their own first conv with model.wide_input=foreground): each answers to what one patch of the first kernel's size holds, not to the shape around it; None: half of K (32 of 64); 0: none
+    num_keypoints: int = 96  # K (paper: 16)
+    local_keypoints: Optional[int] = None  # of the K, how many read only a first conv's features (through 1x1 convs; their own first conv with model.wide_input=foreground): each answers to what one patch of the first kernel's size holds, not to the shape around it; None: two thirds of K, rounded down (64 of 96; half before 2026-12-06, which checkpoints saved then keep); 0: none
     project: Optional[bool] = None  # a 1x1 conv from channels[-1] to K; None: only when they differ
     keypoint_frame: str = "image"  # image: a keypoint sits on the pixel its feature-map cell looks at (its receptive field's centre); grid: the feature grid stretched over the whole image (the paper's, and every checkpoint saved before this option)
     temperature: float = 0.1  # initial softmax temperature (paper: 1.0)
@@ -74,7 +74,7 @@ class ModelConfig:
     decoder: str = "transport"  # transport (the frame seen through a window at each keypoint), gaussian (keypoints drawn as maps, then convs) or fc (the paper's)
     decoder_hidden: list[int] = field(default_factory=lambda: [512])  # fc: hidden widths; [] = the paper's linear layer
     decoder_channels: int = 16  # gaussian, transport: width of its conv layers
-    decoder_sigma: float = 0.1  # gaussian, transport: blob (window) std in normalised units ([-1, 1] spans the image) that training starts with
+    decoder_sigma: float = 0.2  # gaussian, transport: blob (window) std in normalised units ([-1, 1] spans the image) that training starts with
     decoder_sigma_end: Optional[float] = 0.07  # gaussian, transport: the window std the training ends with, reached linearly from decoder_sigma (the wide start finds the objects, the narrow end centres keypoints on them); null: decoder_sigma throughout
     decoder_kernel: int = 3  # gaussian: conv kernel size; 1 lets a keypoint draw only around itself
     slow_weight: float = 0.01  # weight of g_slow in the loss (paper: 1.0)
@@ -82,9 +82,9 @@ class ModelConfig:
     foreground_weight: float = 0.0  # pixels weigh 1 + this * |target - the scene's median image|
     separation_weight: float = 0.0  # weight of a penalty on keypoints closer than separation_sigma
     separation_sigma: float = 0.1  # separation penalty's reach, normalised units
-    equivariance_weight: float = 0.01  # 0 = off (paper); weight of ||keypoints(turned frame) - turned keypoints||^2 (Thewlis et al. 2017): the frames that equivariance_share picks turned about the image centre; only keypoints that have found something count
+    equivariance_weight: float = 0.1  # 0 = off (paper); weight of ||keypoints(turned frame) - turned keypoints||^2 (Thewlis et al. 2017): the frames that equivariance_share picks turned about the image centre; only keypoints that have found something count
     wide_equivariance: float = 1.0  # the wide keypoints' share of the equivariance term as a multiple of the local ones' (model.equivariance_weight): at 10 a wide keypoint pays ten times as much for not turning with the frame while the local ones pay what they would alone; without local keypoints it does nothing
-    equivariance_share: float = 4.0  # the equivariance term turns the middle frame of one triple in this many (4: 1/12 more images through the encoder; 1: every triple's), and below 1 the first and then the last frames too (0.3333333: every frame)
+    equivariance_share: float = 1.0  # the equivariance term turns the middle frame of one triple in this many (4: 1/12 more images through the encoder; 1: every triple's), and below 1 the first and then the last frames too (0.3333333: every frame)
     equivariance_angle: float = 180.0  # the turn is uniform within +-this many degrees
     scene_difference: bool = False  # the encoder also reads each frame less the scene's median frame (6 input channels), so what differs from the static scene stands out even where it is faint against it (a grey arm on a grey table)
     wide_input: str = "foreground"  # what the wide keypoints' stack reads beside local keypoints: foreground, how far each pixel is from the scene's median frame (per channel, min(|frame - median| / 0.1, 1): a grey gripper looks the same over a light table as over a black floor, and what never moves is left to the local keypoints, which then read the frame through a first conv of their own), or frame (the frame itself, as every keypoint read it before 2026-12-05); without local keypoints every keypoint reads the frame
@@ -92,7 +92,7 @@ class ModelConfig:
     background_jitter: float = 0.0  # in training, this share of the triples show the encoder a recoloured scene: pixels like the scene's median frame become that frame times a random gain plus a random tint (one draw per triple), so a keypoint learns an object apart from what lies behind it (the reconstruction target is the frame as it was)
     concentration_weight: float = 0.03  # 0 = off; weight of the mean variance of each local keypoint's softmax over its map (every keypoint's when none is local; Zhang et al. 2018's concentration term), the temperature held fixed: a small object's map answers in one place, not over several
     concentration_until: float = 0.3  # the share of the steps during which concentration_weight counts (1: all of them); 0.3, the local warmup's: maps held in one place while the local keypoints take the small objects, then free to spread over a tip of a pixel or two
-    search_weight: float = 0.0  # 0 = off; during model.local_warmup each local keypoint's softmax also learns, at this weight, from where opening the transport decoder's window would lower the error (a gradient alone: what the decoder draws is unchanged), so that a map whose keypoint is far from a small object still feels it
+    search_weight: float = 10.0  # 0 = off; during model.local_warmup each local keypoint's softmax also learns, at this weight, from where opening the transport decoder's window would lower the error (a gradient alone: what the decoder draws is unchanged), so that a map whose keypoint is far from a small object still feels it (10: finds stock Reacher's target where no window showed it); without local keypoints, a local warmup or the transport decoder it does nothing
     local_warmup: float = 0.3  # for this share of the steps only the local keypoints open windows in the transport decoder (the others wait), so the keypoints that answer to small patches take the small objects first; without local keypoints or that decoder there is nothing to hold back
 
     @property
@@ -102,8 +102,8 @@ class ModelConfig:
 
     @property
     def local_count(self) -> int:
-        """How many of the K keypoints are local: ``local_keypoints``, or half of K when that is None."""
-        return self.num_keypoints // 2 if self.local_keypoints is None else self.local_keypoints
+        """How many of the K keypoints are local: ``local_keypoints``, or two thirds of K when that is None."""
+        return self.num_keypoints * 2 // 3 if self.local_keypoints is None else self.local_keypoints
 
     def __post_init__(self) -> None:
         if not (len(self.channels) == len(self.kernels) == len(self.strides)) or not self.channels:
@@ -149,10 +149,6 @@ class ModelConfig:
             raise ConfigError(f"model.concentration_until must be in (0, 1] (a share of the steps), got {self.concentration_until}")
         if self.search_weight < 0:
             raise ConfigError(f"model.search_weight must be >= 0 (0: off), got {self.search_weight}")
-        if self.search_weight and not (self.decoder == "transport" and self.local_count and self.local_warmup):
-            raise ConfigError("model.search_weight acts on the local keypoints during model.local_warmup in the transport "
-                              "decoder: set model.decoder=transport, model.local_keypoints > 0 and model.local_warmup > 0, "
-                              "or model.search_weight=0")
         if not 0 <= self.local_warmup < 1:
             raise ConfigError(f"model.local_warmup must be in [0, 1), got {self.local_warmup}")
         if not 0 < self.equivariance_angle <= 180:
@@ -366,8 +362,20 @@ def to_config(cfg: Any, schema: type = Config) -> Any:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A config dataclass as plain dicts and lists (for JSON, checkpoints and loggers)."""
-    return dataclasses.asdict(cfg)
+    """A config dataclass as plain dicts and lists (for JSON, checkpoints and loggers), with a model's
+    ``local_keypoints`` written as the count it stands for, so that a saved config keeps its meaning
+    if the rule for None changes (it did on 2026-12-06: ``checkpoint.model_settings_as_trained``)."""
+    data = dataclasses.asdict(cfg)
+
+    def resolve(config: Any, fields: dict[str, Any]) -> None:
+        if isinstance(config, ModelConfig):
+            fields["local_keypoints"] = config.local_count
+        for f in dataclasses.fields(config):
+            if dataclasses.is_dataclass(getattr(config, f.name)):
+                resolve(getattr(config, f.name), fields[f.name])
+
+    resolve(cfg, data)
+    return data
 
 
 def from_dict(data: dict[str, Any], schema: type = Config) -> Any:

@@ -129,6 +129,20 @@ def test_a_checkpoint_from_before_local_keypoints_loads_without_them(tmp_path):
     torch.testing.assert_close(dsae.load_encoder(tmp_path / "old.pt", device="cpu")(images), model.encoder(images))
 
 
+def test_a_checkpoint_whose_local_keypoints_were_none_keeps_half_of_them_local(tmp_path):
+    """Saved with model.local_keypoints None (before 2026-12-06, when None meant half of K), a model
+    loads with half its keypoints local, not today's two thirds."""
+    cfg = tiny_config(tmp_path)
+    cfg.model.local_keypoints = cfg.model.num_keypoints // 2
+    model = dsae.DeepSpatialAutoencoder(cfg.model, 32).eval()
+    old = to_dict(cfg)
+    old["model"]["local_keypoints"] = None
+    save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "config": old, "image_size": 32, "step": 0})
+    assert load_checkpoint(tmp_path / "old.pt")["config"]["model"]["local_keypoints"] == 4 != dsae.ModelConfig(num_keypoints=8).local_count
+    images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    torch.testing.assert_close(dsae.load_encoder(tmp_path / "old.pt", device="cpu")(images), model.encoder(images))
+
+
 def test_a_resumed_run_keeps_its_budget_unless_the_command_names_one():
     from dsae.checkpoint import resumed_config
     from dsae.errors import ConfigError

@@ -32,10 +32,12 @@ def test_groups_compose(overrides):
         assert m.kernels == [7, 5, 5] and m.decoder_channels == 32 and m.channels == [64, 32, 16]
         assert m.decoder_sigma == 0.1 and m.decoder_sigma_end is None and m.equivariance_weight == 0
     elif overrides != ["env=pusher"]:  # the setting docs/small_objects.md measured
-        assert (m.decoder, m.num_keypoints, m.keypoint_frame, m.padding) == ("transport", 64, "image", "replicate")
-        assert m.channels == [64, 32, 16] and m.kernels == [3, 3, 3] and cfg.env.image_size == 64
-        assert (m.local_keypoints, m.local_count, m.local_warmup) == (None, 32, 0.3)
+        assert (m.decoder, m.num_keypoints, m.keypoint_frame, m.padding) == ("transport", 96, "image", "replicate")
+        assert m.channels == [64, 32, 16] and m.kernels == [3, 5, 5] and cfg.env.image_size == 64
+        assert (m.local_keypoints, m.local_count, m.local_warmup) == (None, 64, 0.3)
         assert (m.wide_input, m.wide_temperature) == ("foreground", 2.0)  # since 2026-12-05: docs section 25
+        assert (m.equivariance_weight, m.equivariance_share) == (0.1, 1.0)  # since 2026-12-06: docs section 35
+        assert (m.decoder_sigma, m.decoder_sigma_end, m.search_weight) == (0.2, 0.07, 10.0)
 
 
 def test_the_fine_model_sees_what_the_default_sees_on_a_grid_twice_as_fine():
@@ -44,24 +46,24 @@ def test_the_fine_model_sees_what_the_default_sees_on_a_grid_twice_as_fine():
     from dsae.model import DeepSpatialAutoencoder
 
     default, fine = (to_config(_compose(o)).model for o in ([], ["model=fine"]))
-    assert fine.strides == [1, 1, 1] and fine.kernels == [3, 5, 5]
+    assert fine.strides == [1, 1, 1] and fine.kernels == [3, 9, 9]
     models = [DeepSpatialAutoencoder(m, 64).eval() for m in (default, fine)]
     frames = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         maps = [model.encoder.feature_maps(model.encoder.inputs(frames)) for model in models]
     assert maps[0].shape[-2:] == (32, 32) and maps[1].shape[-2:] == (64, 64)
-    assert maps[0].shape[:2] == maps[1].shape[:2] == (2, 64)
+    assert maps[0].shape[:2] == maps[1].shape[:2] == (2, 96)
 
     def field(kernels, strides):  # the pixels one cell of the last map sees
         return 1 + sum((k - 1) * math.prod(strides[:i]) for i, k in enumerate(kernels))
 
-    for m in (default, fine):  # the same fields: 3 px for the local maps, 11 px for the wide ones
-        assert (field(m.kernels[:1], m.strides), field(m.kernels, m.strides)) == (3, 11)
+    for m in (default, fine):  # the same fields: 3 px for the local maps, 19 px for the wide ones
+        assert (field(m.kernels[:1], m.strides), field(m.kernels, m.strides)) == (3, 19)
 
 
-def test_fewer_keypoints_from_the_command_line_keep_half_of_them_local():
+def test_fewer_keypoints_from_the_command_line_keep_two_thirds_of_them_local():
     m = to_config(_compose(["model.num_keypoints=8"])).model
-    assert (m.num_keypoints, m.local_count) == (8, 4)
+    assert (m.num_keypoints, m.local_count) == (8, 5)
 
 
 def test_misspelt_key_is_named():
@@ -155,7 +157,7 @@ def test_every_setting_has_its_meaning_written_once_beside_it(schema):
 
 def test_help_lists_every_setting_with_its_default_and_meaning():
     text = describe(Config)
-    assert "  model.num_keypoints = 64  # K (paper: 16)" in text
+    assert "  model.num_keypoints = 96  # K (paper: 16)" in text
     assert "  train.amp = 'auto'  # auto: bf16 autocast" in text
     assert "  env.name = 'reacher'" in text and "  vis.seed = 1000" in text
 

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from dsae.config import ModelConfig
+from dsae.config import ModelConfig, to_dict
 from dsae.errors import ConfigError
 from dsae.model import (
     FOREGROUND_CONTRAST,
@@ -236,15 +236,16 @@ def test_local_keypoints_answer_only_to_their_first_layer_patch():
     assert encoder(image).shape == (1, 6, 2)
 
 
-def test_local_keypoints_default_to_half_the_keypoints():
-    assert ModelConfig().local_count == 32  # of 64
-    assert ModelConfig(num_keypoints=9).local_count == 4
+def test_local_keypoints_default_to_two_thirds_of_the_keypoints():
+    assert ModelConfig().local_count == 64  # of 96
+    assert to_dict(ModelConfig())["local_keypoints"] == 64  # a saved config names the count (checkpoint.model_settings_as_trained)
+    assert ModelConfig(num_keypoints=9).local_count == 6
     assert ModelConfig(num_keypoints=8, local_keypoints=0).local_count == 0
     with pytest.raises(ConfigError, match="model.local_keypoints=0"):  # the fix is named where local maps cannot be
         ModelConfig(padding="valid")
 
 
-@pytest.mark.parametrize("kwargs", [dict(local_keypoints=64), dict(local_keypoints=8, padding="valid"),
+@pytest.mark.parametrize("kwargs", [dict(local_keypoints=96), dict(local_keypoints=8, padding="valid"),
                                      dict(local_keypoints=8, strides=[2, 2, 1]), dict(local_keypoints=8, kernels=[3, 2, 1])])
 def test_local_keypoints_need_maps_on_one_grid(kwargs):
     with pytest.raises(ConfigError, match="local_keypoints"):
@@ -446,7 +447,7 @@ def test_local_warmup_opens_only_the_local_keypoints_windows_until_its_share_of_
     local_only, both = torch.tensor([[[-0.5, -0.5], [0.5, 0.5]]]), torch.tensor([[[-0.5, -0.5], [0.5, -0.2]]])
     with torch.no_grad():
         model.set_progress(0.2)
-        assert model.decoder.sigma == pytest.approx(0.1 - 0.03 * 0.2)
+        assert model.decoder.sigma == pytest.approx(cfg.decoder_sigma + (cfg.decoder_sigma_end - cfg.decoder_sigma) * 0.2)
         torch.testing.assert_close(model.decoder(both, frames), model.decoder(local_only, frames))
         model.set_progress(0.3)
         assert (model.decoder(both, frames) - model.decoder(local_only, frames)).abs().max() > 1e-4
@@ -481,7 +482,7 @@ def _search_model(search_weight: float) -> DeepSpatialAutoencoder:
 def test_search_weight_trains_the_local_maps_alone_during_the_warmup_and_leaves_the_loss_alone():
     """model.search_weight: before local_warmup's share of training the local keypoints' maps get
     the search gradient (the loss's value unchanged, the wide stack's gradient unchanged); after
-    it nothing changes; a negative weight is refused."""
+    it nothing changes; a negative weight is refused; where it cannot act it changes nothing."""
     triples = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
     for progress, searching in ((0.1, True), (0.3, False)):
         runs = []
@@ -491,7 +492,7 @@ def test_search_weight_trains_the_local_maps_alone_during_the_warmup_and_leaves_
             model.set_progress(progress)
             total, _ = model.loss(triples)
             total.backward()
-            runs.append((float(total), model.encoder.local[-1].weight.grad, model.encoder.features[0].weight.grad, model.searching))
+            runs.append((float(total.detach()), model.encoder.local[-1].weight.grad, model.encoder.features[0].weight.grad, model.searching))
         (off, local_off, wide_off, _), (on, local_on, wide_on, searched) = runs
         assert searched == searching and on == pytest.approx(off, rel=1e-6)
         torch.testing.assert_close(wide_on, wide_off)
@@ -499,8 +500,10 @@ def test_search_weight_trains_the_local_maps_alone_during_the_warmup_and_leaves_
     with pytest.raises(ConfigError, match="model.search_weight"):
         ModelConfig(search_weight=-1.0)
     for elsewhere in ({"decoder": "gaussian"}, {"local_keypoints": 0}, {"local_warmup": 0.0}):
-        with pytest.raises(ConfigError, match="model.search_weight acts on the local keypoints"):
-            ModelConfig(search_weight=1.0, **elsewhere)
+        model = DeepSpatialAutoencoder(ModelConfig(channels=[8, 8], kernels=[3, 3], strides=[1, 1], num_keypoints=4,
+                                                   recon_size=8, search_weight=1.0, **elsewhere), 16)
+        model.set_progress(0.0)
+        assert not model.searching
 
 
 @pytest.mark.parametrize("warmup", [-0.1, 1.0])

@@ -149,11 +149,11 @@ def test_the_decoder_window_narrows_over_training_to_decoder_sigma_end(tiny_data
     widths, opened = [], []
     forward = TransportDecoder.forward
 
-    def recording(self, keypoints, images=None):
+    def recording(self, keypoints, images=None, search=None):
         if self.training:
             widths.append(self.sigma)
             opened.append(self.open_keypoints)
-        return forward(self, keypoints, images)
+        return forward(self, keypoints, images, search)
 
     monkeypatch.setattr(TransportDecoder, "forward", recording)
     cfg, _ = tiny_dataset
