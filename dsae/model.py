@@ -21,7 +21,7 @@ from torch import nn
 
 from dsae.config import DECODERS, NORMS, ModelConfig
 from dsae.errors import ConfigError
-from dsae.spatial_softmax import SpatialSoftmax, spatial_soft_argmax_full
+from dsae.spatial_softmax import SpatialSoftmax, normalized_grid, spatial_soft_argmax_full
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 BACKGROUND_TOLERANCE = 0.04  # model.background_jitter: a pixel within this of the scene's median frame in every channel is scene
@@ -201,13 +201,24 @@ class SpatialEncoder(nn.Module):
         image = features.new_tensor([image_size[-1] - 1, image_size[-2] - 1], dtype=torch.float32)
         return a * grid / image, (a * grid / 2 + b) * 2 / image - 1
 
-    def attention_spread(self, features: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-        """The mean, over frames and keypoints, of the variance of each keypoint's softmax over its
-        map (x plus y, in the keypoints' normalised units), the temperature held fixed, so that a
-        lower value means maps that answer in one place, not a sharper softmax: (B, K, h, w) -> ()."""
-        covariance = spatial_soft_argmax_full(features, self.softmax.temperature.detach(), return_covariance=True).covariance
-        scale, _ = self._grid_to_image(features, image_size)
-        return (covariance.diagonal(dim1=-2, dim2=-1) * scale.pow(2)).sum(-1).mean()
+    def held_attention(self, features: torch.Tensor) -> torch.Tensor:
+        """Each map's softmax with the temperature held fixed (no gradient to it), so that what
+        learns from it is the maps, not the shared softmax: (B, K, h, w) -> (B, K, h, w)."""
+        return spatial_soft_argmax_full(features, self.softmax.temperature.detach(), return_attention=True).attention
+
+    def attention_spread(self, attention: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """The mean, over frames and keypoints, of the variance of each keypoint's softmax
+        (``held_attention``) over its map, x plus y in the keypoints' normalised units, so that a
+        lower value means maps that answer in one place: (B, K, h, w) -> (). Each axis's variance
+        comes from the softmax summed over the other axis."""
+        scale, _ = self._grid_to_image(attention, image_size)
+        spread = 0.0
+        for axis, s in ((-2, scale[0]), (-1, scale[1])):  # x: summed over rows; y: over columns
+            mass = attention.float().sum(axis)  # (B, K, w) or (B, K, h)
+            grid = normalized_grid(mass.shape[-1], mass.device)
+            mean = (mass * grid).sum(-1)
+            spread = spread + ((mass * grid.pow(2)).sum(-1) - mean.pow(2)) * s.pow(2)
+        return spread.mean()
 
 
 class FCDecoder(nn.Module):
@@ -472,13 +483,11 @@ class DeepSpatialAutoencoder(nn.Module):
             self.decoder.open_keypoints = self.cfg.local_count if warming else None
             self.searching = bool(warming and self.cfg.search_weight > 0)
 
-    def _search(self, features: torch.Tensor) -> torch.Tensor:
-        """``model.search_weight`` times the sum of the local keypoints' softmax attention (the
-        temperature held fixed), at the reconstruction's size: feature maps (B, K, h, w) -> (B, 1, r, r).
+    def _search(self, attention: torch.Tensor) -> torch.Tensor:
+        """``model.search_weight`` times the sum of the local keypoints' softmax attention
+        (``SpatialEncoder.held_attention``), at the reconstruction's size: (B, L, h, w) -> (B, 1, r, r).
         Added to the decoder's window as a gradient alone, it moves each local map's mass towards
         the cells where a window would lower the error, wherever its keypoint is."""
-        local = features[:, :self.cfg.local_count]
-        attention = spatial_soft_argmax_full(local, self.encoder.softmax.temperature.detach(), return_attention=True).attention
         search = attention.sum(1, keepdim=True)
         if search.shape[-1] != self.cfg.recon_size:
             search = F.interpolate(search, size=(self.cfg.recon_size,) * 2, mode="bilinear", align_corners=False)
@@ -506,7 +515,10 @@ class DeepSpatialAutoencoder(nn.Module):
         else:
             features = self.encoder.feature_maps(self.encoder.inputs(x))
             keypoints, equivariance = self.encoder.locate(features, x.shape[-2:]), None
-        recon = self.decoder(keypoints, images, self._search(features)) if self.searching else self.decoder(keypoints, images)
+        concentrating = self.cfg.concentration_weight > 0 and self.concentrating
+        # the local maps' softmax (every map's when none is local), computed once for the concentration term and the search
+        held = self.encoder.held_attention(features[:, :self.cfg.local_count or None]) if concentrating or self.searching else None
+        recon = self.decoder(keypoints, images, self._search(held)) if self.searching else self.decoder(keypoints, images)
         target = recon_target(images, self.cfg)
         difference = recon.float() - target
         error = difference.abs() if self.cfg.recon_loss == "l1" else difference.pow(2)
@@ -526,8 +538,8 @@ class DeepSpatialAutoencoder(nn.Module):
         if equivariance is not None:
             total = total + self.cfg.equivariance_weight * equivariance
             parts["equivariance"] = equivariance
-        if self.cfg.concentration_weight > 0 and self.concentrating:
-            parts["concentration"] = self.encoder.attention_spread(features[:, :self.cfg.local_count or None], x.shape[-2:])
+        if concentrating:
+            parts["concentration"] = self.encoder.attention_spread(held, x.shape[-2:])
             total = total + self.cfg.concentration_weight * parts["concentration"]
         return total, {"loss": total.detach(), **{k: v.detach() for k, v in parts.items()}}
 

@@ -672,7 +672,7 @@ def test_attention_spread_is_the_variance_of_each_keypoints_softmax_in_the_keypo
     features[0, 0, 5, 7] = 0.0  # all of keypoint 0's mass in one cell: no spread
     features[0, 1, 10, 3:5] = 0.0  # keypoint 1's halved between two neighbours along x
     half_step = 2.0 / 63  # half of the 2 px between them, in normalised image units
-    spread = encoder.attention_spread(features, (64, 64))
+    spread = encoder.attention_spread(encoder.held_attention(features), (64, 64))
     assert float(spread) == pytest.approx(half_step ** 2 / 2, rel=1e-4)  # the mean of 0 and half_step^2
 
 
@@ -689,7 +689,7 @@ def test_the_concentration_term_enters_the_loss_and_leaves_the_temperature_alone
     total, parts = model.loss(torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8))
     assert float(total.detach()) == pytest.approx(float(parts["recon_mse"] + 0.01 * parts["slow"] + 0.5 * parts["concentration"]), rel=1e-4)
     features = model.encoder.feature_maps(to_float_images(torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)))
-    model.encoder.attention_spread(features, (16, 16)).backward()
+    model.encoder.attention_spread(model.encoder.held_attention(features), (16, 16)).backward()
     assert model.encoder.softmax.log_temperature.grad is None  # the term sharpens the maps, not the softmax
     assert model.encoder.features[0].weight.grad.abs().sum() > 0
 
@@ -699,7 +699,7 @@ def test_the_concentration_term_counts_the_local_keypoints_alone():
     triples = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
     _, parts = model.loss(triples)
     features = model.encoder.feature_maps(model.encoder.inputs(to_float_images(triples.flatten(0, 1))))  # the same batch: the same norms
-    local, every = (model.encoder.attention_spread(f, (16, 16)).detach() for f in (features[:, :2], features))
+    local, every = (model.encoder.attention_spread(model.encoder.held_attention(f), (16, 16)).detach() for f in (features[:, :2], features))
     assert float(parts["concentration"]) == pytest.approx(float(local), rel=1e-5)
     assert float(local) != pytest.approx(float(every), rel=1e-3)
 
