@@ -676,6 +676,21 @@ def test_attention_spread_is_the_variance_of_each_keypoints_softmax_in_the_keypo
     assert float(spread) == pytest.approx(half_step ** 2 / 2, rel=1e-4)  # the mean of 0 and half_step^2
 
 
+def test_attention_spread_is_the_trace_of_the_softmax_covariance_on_any_maps():
+    """The per-axis marginals give what the full 2x2 covariance's diagonal gives, value and gradient."""
+    from dsae.spatial_softmax import spatial_soft_argmax_full
+
+    torch.manual_seed(0)
+    encoder = SpatialEncoder(ModelConfig(), 64)
+    features = torch.randn(3, 5, 32, 32, requires_grad=True)
+    covariance = spatial_soft_argmax_full(features, encoder.softmax.temperature.detach(), return_covariance=True).covariance
+    scale, _ = encoder._grid_to_image(features, (64, 64))
+    plain = (covariance.diagonal(dim1=-2, dim2=-1) * scale.pow(2)).sum(-1).mean()
+    spread = encoder.attention_spread(encoder.held_attention(features), (64, 64))
+    torch.testing.assert_close(spread, plain)
+    torch.testing.assert_close(*(torch.autograd.grad(v, features)[0] for v in (spread, plain)))
+
+
 def _concentration_model(local_keypoints: int, **kwargs) -> DeepSpatialAutoencoder:
     """A tiny model on 16 px frames with 4 keypoints and the concentration term, without the equivariance term."""
     torch.manual_seed(0)
