@@ -212,9 +212,9 @@ class SpatialEncoder(nn.Module):
         lower value means maps that answer in one place: (B, K, h, w) -> (). Each axis's variance
         comes from the softmax summed over the other axis."""
         scale, _ = self._grid_to_image(attention, image_size)
-        spread = 0.0
+        attention, spread = attention.float(), 0.0
         for axis, s in ((-2, scale[0]), (-1, scale[1])):  # x: summed over rows; y: over columns
-            mass = attention.float().sum(axis)  # (B, K, w) or (B, K, h)
+            mass = attention.sum(axis)  # (B, K, w) or (B, K, h)
             grid = normalized_grid(mass.shape[-1], mass.device)
             mean = (mass * grid).sum(-1)
             spread = spread + ((mass * grid.pow(2)).sum(-1) - mean.pow(2)) * s.pow(2)
@@ -445,7 +445,7 @@ class DeepSpatialAutoencoder(nn.Module):
         if size < 2:
             raise ConfigError(f"image_size={image_size} is too small for this encoder (its feature maps would be {size}x{size})")
         self.feature_size = (size, size)
-        self.concentrating = True  # whether the concentration term counts now (set_progress; model.concentration_until)
+        self.concentrating = self.cfg.concentration_weight > 0  # whether the concentration term counts now (set_progress; model.concentration_until)
         self.searching = False  # whether the local keypoints learn where to search now (set_progress; model.search_weight)
         # The scene's static image (B-independent, recon_shape): the per-pixel median of training frames,
         # set by set_background() before training; saved with the weights (as is the encoder's
@@ -477,7 +477,7 @@ class DeepSpatialAutoencoder(nn.Module):
         whether the concentration term still counts (``model.concentration_until``)."""
         if hasattr(self.decoder, "sigma"):
             self.decoder.sigma = decoder_sigma_at(self.cfg, progress)
-        self.concentrating = progress < self.cfg.concentration_until
+        self.concentrating = self.cfg.concentration_weight > 0 and progress < self.cfg.concentration_until
         if isinstance(self.decoder, TransportDecoder):
             warming = self.cfg.local_count and progress < self.cfg.local_warmup
             self.decoder.open_keypoints = self.cfg.local_count if warming else None
@@ -515,9 +515,8 @@ class DeepSpatialAutoencoder(nn.Module):
         else:
             features = self.encoder.feature_maps(self.encoder.inputs(x))
             keypoints, equivariance = self.encoder.locate(features, x.shape[-2:]), None
-        concentrating = self.cfg.concentration_weight > 0 and self.concentrating
         # the local maps' softmax (every map's when none is local), computed once for the concentration term and the search
-        held = self.encoder.held_attention(features[:, :self.cfg.local_count or None]) if concentrating or self.searching else None
+        held = self.encoder.held_attention(features[:, :self.cfg.local_count or None]) if self.concentrating or self.searching else None
         recon = self.decoder(keypoints, images, self._search(held)) if self.searching else self.decoder(keypoints, images)
         target = recon_target(images, self.cfg)
         difference = recon.float() - target
@@ -538,7 +537,7 @@ class DeepSpatialAutoencoder(nn.Module):
         if equivariance is not None:
             total = total + self.cfg.equivariance_weight * equivariance
             parts["equivariance"] = equivariance
-        if concentrating:
+        if self.concentrating:
             parts["concentration"] = self.encoder.attention_spread(held, x.shape[-2:])
             total = total + self.cfg.concentration_weight * parts["concentration"]
         return total, {"loss": total.detach(), **{k: v.detach() for k, v in parts.items()}}
