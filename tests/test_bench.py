@@ -213,6 +213,23 @@ def test_keypoint_quality_benchmark_summarises_seeds_and_skips_finished_runs(tmp
     assert seen["objects"]["fingertip"]["centroid_r2"] > 0.95
 
 
+def test_framing_diagnostic_draws_a_datasets_states_through_other_cameras(tiny_dataset, tmp_path):
+    """The dataset's own camera sees every object; a camera looking far away sees none; a view
+    that names no scene setting is refused."""
+    _, root = tiny_dataset
+    run("framing.py", str(root), "--every", "7", "--view", "camera_lookat=[5,5,0]", "--out", str(tmp_path / "fr.json"))
+    own, away = json.loads((tmp_path / "fr.json").read_text())["views"]
+    assert own["view"] == {} and away["view"] == {"camera_lookat": [5, 5, 0]}
+    for name in ("fingertip", "target"):
+        assert own["objects"][name]["visible_px_mean"] > 0 and own["objects"][name]["out_of_view_share"] == 0.0
+        assert 0.0 <= own["objects"][name]["hidden_share"] <= own["objects"][name]["partly_hidden_share"] <= 1.0
+        assert away["objects"][name]["out_of_view_share"] == 1.0 and away["objects"][name]["visible_px_mean"] is None
+    assert own["objects"]["target"]["spread_px2"] > 0  # placed anew each episode
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "framing.py"), str(root), "--view", "elevation=-60"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "field=value with a scene setting" in proc.stderr
+
+
 def test_dataset_motion_diagnostic(tiny_dataset, tmp_path):
     """Reacher's target is placed anew each episode but never moves within one."""
     _, root = tiny_dataset
