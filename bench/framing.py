@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from dsae.data import load_dataset  # noqa: E402
+from dsae.evaluate import in_view  # noqa: E402
 from envs.camera import project_points  # noqa: E402
 from envs.scene import EnvConfig, make_env  # noqa: E402
 from visibility import PARTLY, restorer, visible_pixels  # noqa: E402
@@ -60,7 +61,7 @@ def view_figures(dataset, rows: np.ndarray, view: dict) -> dict:
     out = {}
     for name in dataset.objects:
         px = project_points(matrix, dataset.positions[name][rows])  # (N, 2) column, row
-        seen = ((px >= -0.5) & (px <= size - 0.5)).all(1)
+        seen = in_view(px, size)
         near_edge = seen & (np.minimum(px + 0.5, size - 0.5 - px).min(1) < EDGE_PX)
         visible = counts[name]
         median = np.median(visible[seen]) if seen.any() else 0.0
