@@ -33,7 +33,7 @@ from dsae.data import load_dataset  # noqa: E402
 from dsae.evaluate import in_view  # noqa: E402
 from envs.camera import project_points  # noqa: E402
 from envs.scene import EnvConfig, make_env  # noqa: E402
-from visibility import PARTLY, restorer, visible_pixels  # noqa: E402
+from visibility import partly_hidden, restorer, visible_pixels  # noqa: E402
 
 EDGE_PX = 3  # "near an edge": within this many pixels of the frame's border
 
@@ -64,10 +64,9 @@ def view_figures(dataset, rows: np.ndarray, view: dict) -> dict:
         seen = in_view(px, size)
         near_edge = seen & (np.minimum(px + 0.5, size - 0.5 - px).min(1) < EDGE_PX)
         visible = counts[name]
-        median = np.median(visible[seen]) if seen.any() else 0.0
         out[name] = {
             "visible_px_mean": float(visible[seen].mean()) if seen.any() else None,
-            "partly_hidden_share": float(((visible < PARTLY * median) | (visible == 0))[seen].mean()) if seen.any() else None,
+            "partly_hidden_share": float(partly_hidden(visible, seen)[seen].mean()) if seen.any() else None,
             "hidden_share": float((visible == 0)[seen].mean()) if seen.any() else None,
             "spread_px2": float(((px - px.mean(0)) ** 2).sum(1).mean()),
             "out_of_view_share": float(1 - seen.mean()), "near_edge_share": float(near_edge.mean()),

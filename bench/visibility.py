@@ -135,6 +135,14 @@ def visibility(run: Path) -> dict:
     return out
 
 
+def partly_hidden(visible: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Which frames show an object partly hidden, from its visible pixels (N,) and where it is in
+    view (N,) -> bool (N,): under PARTLY of its median count over the in-view frames, or none shown
+    (as for an object whose own geoms lie inside others, like Pusher's tips_arm, whose two spheres
+    sit inside the prongs)."""
+    return (visible < PARTLY * (np.median(visible[seen]) if seen.any() else 0.0)) | (visible == 0)
+
+
 def object_figures(truth: np.ndarray, predicted: np.ndarray, best: np.ndarray | None, visible: np.ndarray,
                    centroid: np.ndarray, size: int) -> dict:
     """One object's figures from its pixel positions, the probe's predictions and the best
@@ -145,9 +153,7 @@ def object_figures(truth: np.ndarray, predicted: np.ndarray, best: np.ndarray | 
     a keypoint: what a keypoint sitting exactly on the part of the object the camera sees would
     get (the R² over the in-view frames where any of it shows)."""
     seen = in_view(truth, size)
-    # Partly hidden: under PARTLY of the median count, or none shown (as for an object whose own
-    # geoms lie inside others, like Pusher's tips_arm, whose two spheres sit inside the prongs).
-    partly = (visible < PARTLY * (np.median(visible[seen]) if seen.any() else 0.0)) | (visible == 0)
+    partly = partly_hidden(visible, seen)
     full, part = seen & ~partly, seen & partly
     probe_err = np.linalg.norm(predicted - truth, axis=1)
     best_err = None if best is None else np.linalg.norm(best - truth, axis=1)
